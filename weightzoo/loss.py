@@ -1,0 +1,169 @@
+"""``WeightedLoss``: a frozen weighter as a drop-in loss wrapper (CMW-Net Algorithm 3).
+
+    crit = WeightedLoss.from_pretrained("cmwnet-fmnist-mixed", labels=train_labels)
+    loss = crit(logits, targets)            # per-sample CE, weighted and normalised
+    loss = crit.weigh(per_sample_losses, classes)   # any per-sample loss
+
+Families are re-fitted by k-means on the *target* data's class counts; the loss input is
+scaled as the weighter's config says (e.g. loss / ln C of the target data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightzoo.families import TaskFamilies, class_counts
+from weightzoo.reduction import reduce_weighted
+from weightzoo.weighters import CMWNet
+
+
+def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample: logits (B, C), targets (B,) long or (B, C) soft -> (B,)."""
+    if targets.dim() == 2:
+        return -(targets.to(torch.float32) * F.log_softmax(logits.float(), dim=1)).sum(1)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+class WeightedLoss(nn.Module):
+    """Weight per-sample losses with a frozen weighter and reduce them per its normalisation.
+
+    weighter: a (frozen) MW-Net / CMW-Net.
+    families: task families of the data being trained on (required for CMW-Net, K > 1).
+    num_classes: classes of that data (for the loss-input normalisation); defaults to the
+        families' class count, else the logits' width.
+    """
+
+    last_weights: torch.Tensor | None
+
+    def __init__(
+        self, weighter: CMWNet, families: TaskFamilies | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if weighter.num_families > 1 and families is None:
+            raise ValueError(
+                "a CMW-Net weighter needs task families: pass class_counts= or labels= "
+                "(the training labels) so that families can be fitted"
+            )
+        if families is not None and families.num_families != weighter.num_families:
+            raise ValueError(
+                f"families have K={families.num_families}, the weighter has "
+                f"{weighter.num_families} heads"
+            )
+        self.weighter = weighter.eval().requires_grad_(False)
+        self.families = families
+        self.num_classes = num_classes or (families.num_classes if families else None)
+        table = families.family_of_class if families is not None else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("family_of_class", table.clone(), persistent=False)
+        self.last_weights = None
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, *,
+        class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        num_classes: int | None = None, revision: str | None = None,
+        local_files_only: bool = False, seed: int = 0,
+    ) -> WeightedLoss:
+        """Load a weighter by name (zoo name, directory, ``org/repo[@rev]``) and fit families.
+
+        class_counts: (C,) per-class counts of the training labels, or
+        labels: (N,) the training labels as given (noisy labels included).
+        """
+        from weightzoo.hub import load_pretrained_weighter
+
+        weighter = load_pretrained_weighter(
+            name_or_path, revision=revision, local_files_only=local_files_only
+        )
+        return cls.for_data(
+            weighter, class_counts=class_counts, labels=labels, num_classes=num_classes, seed=seed
+        )
+
+    @classmethod
+    def for_data(
+        cls, weighter: CMWNet, *,
+        class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        num_classes: int | None = None, seed: int = 0,
+    ) -> WeightedLoss:
+        """Wrap ``weighter`` for a dataset given by its class counts or its labels."""
+        counts = _resolve_counts(class_counts, labels, num_classes)
+        families = None
+        if counts is not None:
+            families = TaskFamilies.fit(counts, weighter.num_families, seed=seed)
+        elif weighter.num_families > 1:
+            raise ValueError("pass class_counts= or labels= to fit the task families")
+        return cls(weighter, families, num_classes or (len(counts) if counts is not None else None))
+
+    def _classes_checked(self, classes: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+        classes = classes.long()
+        limit = self.family_of_class.numel() or num_classes
+        if classes.numel() and limit and (int(classes.min()) < 0 or int(classes.max()) >= limit):
+            bad = classes[(classes < 0) | (classes >= limit)][0]
+            raise ValueError(f"target class {int(bad)} is out of range for {limit} classes")
+        return classes
+
+    def weights(
+        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None
+    ) -> torch.Tensor:
+        """Weights (B,) for per-sample losses (B,) of samples of classes (B,); no grad.
+
+        num_classes: classes of the data, when neither the constructor nor families gave it.
+        """
+        if losses.shape != classes.shape:
+            raise ValueError(f"losses {tuple(losses.shape)} and classes {tuple(classes.shape)} differ")
+        num_classes = self.num_classes or num_classes
+        classes = self._classes_checked(classes, num_classes)
+        if next(self.weighter.parameters()).device != losses.device:
+            self.to(losses.device)  # the device follows the inputs
+        families = self.family_of_class[classes] if self.family_of_class.numel() else None
+        with torch.no_grad(), torch.autocast(losses.device.type, enabled=False):
+            weights = self.weighter(losses.float(), families, num_classes)
+        return torch.where(torch.isfinite(losses), weights, torch.zeros_like(weights))
+
+    def weigh(
+        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None
+    ) -> torch.Tensor:
+        """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
+        weights = self.weights(losses, classes, num_classes)
+        self.last_weights = weights
+        return reduce_weighted(losses.float(), weights, self.weighter.config.normalization)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
+        if self.family_of_class.numel() and logits.shape[1] != self.family_of_class.numel():
+            raise ValueError(
+                f"logits have {logits.shape[1]} classes, the families were fitted on "
+                f"{self.family_of_class.numel()}"
+            )
+        hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
+        self._classes_checked(hard, logits.shape[1])
+        return self.weigh(per_sample_ce(logits, targets), hard, logits.shape[1])
+
+
+def _resolve_counts(
+    counts: Sequence[int] | np.ndarray | torch.Tensor | None,
+    labels: Sequence[int] | np.ndarray | torch.Tensor | None,
+    num_classes: int | None,
+) -> np.ndarray | None:
+    if counts is not None and labels is not None:
+        raise ValueError("pass either class_counts= or labels=, not both")
+    if counts is not None:
+        arr = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts)
+        if num_classes is not None and arr.size != num_classes:
+            raise ValueError(f"class_counts has {arr.size} entries, num_classes is {num_classes}")
+        return arr
+    if labels is not None:
+        arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if num_classes is None:
+            num_classes = int(arr.max()) + 1 if arr.size else 0
+        return class_counts(arr, num_classes)
+    return None

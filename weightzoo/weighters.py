@@ -1,0 +1,159 @@
+"""Weighting networks: MW-Net (Shu et al. 2019) and CMW-Net (Shu et al. 2023).
+
+A weighter maps a per-sample loss (detached) and, for CMW-Net, the task family of the
+sample's label to a weight in [0, 1].  MW-Net is CMW-Net with a single family.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+SCHEMA_VERSION = 1
+
+WeighterKind = Literal["mwnet", "cmwnet"]
+Normalization = Literal["sum", "mean", "detached_sum"]
+InputNorm = Literal["none", "log_classes"]
+
+NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "detached_sum")
+INPUT_NORMS: tuple[str, ...] = ("none", "log_classes")
+
+
+@dataclass
+class WeighterConfig:
+    """Everything needed to rebuild a weighter and to apply it faithfully elsewhere.
+
+    kind: ``mwnet`` (one head) or ``cmwnet`` (``num_families`` heads).
+    hidden: width of the shared hidden layer (100 in both papers).
+    num_families: number of heads K (task families); 1 for MW-Net.
+    input_norm: how the raw loss is scaled before entering the net. ``log_classes``
+        divides by ln C of the data it is applied to, so that a weighter trained on
+        C_source classes sees the same input range on C_target classes.
+    normalization: how weights reduce a batch of losses (see ``weightzoo.reduction``).
+    base_loss: the per-sample loss the weighter was trained on (``ce``).
+    source_num_classes: number of classes of the meta-training data.
+    metadata: free-form provenance (source data, bias, method, metrics, family centres).
+    """
+
+    kind: WeighterKind = "cmwnet"
+    hidden: int = 100
+    num_families: int = 3
+    input_norm: InputNorm = "log_classes"
+    normalization: Normalization = "sum"
+    base_loss: str = "ce"
+    source_num_classes: int = 10
+    schema_version: int = SCHEMA_VERSION
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mwnet", "cmwnet"):
+            raise ValueError(f"unknown weighter kind {self.kind!r}; expected 'mwnet' or 'cmwnet'")
+        if self.kind == "mwnet" and self.num_families != 1:
+            raise ValueError("an MW-Net weighter has exactly one family (num_families=1)")
+        if self.num_families < 1 or self.hidden < 1:
+            raise ValueError("num_families and hidden must be positive")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; one of {NORMALIZATIONS}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {self.input_norm!r}; one of {INPUT_NORMS}")
+        if self.source_num_classes < 1:
+            raise ValueError("source_num_classes must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeighterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown weighter config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def loss_input_scale(input_norm: str, num_classes: int) -> float:
+    """Factor applied to raw losses before they enter the weighter."""
+    if input_norm == "none":
+        return 1.0
+    # ln 1 = 0: a one-class problem has zero CE everywhere; keep the input unscaled.
+    return 1.0 / math.log(num_classes) if num_classes > 1 else 1.0
+
+
+class CMWNet(nn.Module):
+    """Class-aware Meta-Weight-Net: shared Linear(1,h)+ReLU, K heads Linear(h,1)+Sigmoid.
+
+    ``forward(losses[B], families[B] | None, num_classes) -> weights[B]`` in [0, 1].
+    The head of each sample is picked by a gather over the (B, K) head outputs.
+    """
+
+    def __init__(self, config: WeighterConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        base = config.to_dict() if config is not None else {}
+        base.update(overrides)
+        self.config = WeighterConfig.from_dict(base)
+        self.shared = nn.Sequential(nn.Linear(1, self.config.hidden), nn.ReLU())
+        self.heads = nn.Linear(self.config.hidden, self.config.num_families)
+
+    @property
+    def num_families(self) -> int:
+        return self.config.num_families
+
+    def forward(
+        self,
+        losses: torch.Tensor,
+        families: torch.Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> torch.Tensor:
+        """losses: (B,) raw per-sample losses (detached here); families: (B,) long in [0, K).
+
+        num_classes: classes of the data being weighted (for ``input_norm='log_classes'``);
+        defaults to the source data's.
+        """
+        if losses.dim() != 1:
+            raise ValueError(f"losses must be 1-D (batch,), got shape {tuple(losses.shape)}")
+        param = self.heads.weight
+        scale = loss_input_scale(self.config.input_norm, num_classes or self.config.source_num_classes)
+        x = (losses.detach().to(param.dtype) * scale).unsqueeze(1)  # (B, 1)
+        # Non-finite losses must not poison the weights: clamp them into the input range.
+        x = torch.nan_to_num(x, nan=0.0, posinf=1e4, neginf=0.0)
+        out = torch.sigmoid(self.heads(self.shared(x)))  # (B, K)
+        if self.config.num_families == 1:
+            return out.squeeze(1)
+        if families is None:
+            raise ValueError("CMW-Net needs the task family of every sample (families=...)")
+        if families.shape != losses.shape:
+            raise ValueError(
+                f"families shape {tuple(families.shape)} != losses shape {tuple(losses.shape)}"
+            )
+        return out.gather(1, families.long().to(out.device).unsqueeze(1)).squeeze(1)
+
+    def curve(self, losses: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+        """Weight of every family at each raw loss value: (L,) -> (L, K), no grad."""
+        with torch.no_grad():
+            x = losses.to(self.heads.weight).unsqueeze(1)
+            scale = loss_input_scale(
+                self.config.input_norm, num_classes or self.config.source_num_classes
+            )
+            return torch.sigmoid(self.heads(self.shared(x * scale)))
+
+    def loss_grid(self, points: int = 9, num_classes: int | None = None) -> torch.Tensor:
+        """(points,) raw losses from 0 to 3 ln C, C the classes weighted (default: source)."""
+        c = num_classes or self.config.source_num_classes
+        return torch.linspace(0.0, 3.0 * math.log(max(c, 2)), points)
+
+
+class MWNet(CMWNet):
+    """Meta-Weight-Net: Linear(1,100) -> ReLU -> Linear(100,1) -> Sigmoid (CMW-Net, K = 1)."""
+
+    def __init__(self, config: WeighterConfig | None = None, **overrides: Any) -> None:
+        overrides = {"kind": "mwnet", "num_families": 1, **overrides}
+        super().__init__(config, **overrides)
+
+
+def build_weighter(config: WeighterConfig) -> CMWNet:
+    """The weighter class matching ``config.kind``."""
+    return MWNet(config) if config.kind == "mwnet" else CMWNet(config)
