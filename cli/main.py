@@ -6,7 +6,10 @@ import os
 import sys
 
 import click
+from weightzoo.cli.apply import apply
 from weightzoo.cli.inspect import list_cmd, plot, show
+from weightzoo.cli.push import push
+from weightzoo.cli.train import recipes, train
 
 
 class WeightzooGroup(click.Group):
@@ -35,7 +38,7 @@ def cli() -> None:
     """Learned sample-weighting functions (MW-Net, CMW-Net) for robust training."""
 
 
-for command in (show, plot, list_cmd):
+for command in (show, plot, list_cmd, train, recipes, apply, push):
     cli.add_command(command)
 
 if __name__ == "__main__":

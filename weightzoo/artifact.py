@@ -85,7 +85,12 @@ def _replace_dir(new: Path, target: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.replace(target, old / "x")
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old / "x", target)  # put the previous weighter back
+        old.rmdir()
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -111,7 +111,8 @@ def class_counts(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes:
     """Per-class counts (C,) of integer labels; raises on labels outside [0, num_classes)."""
     arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
+        # strings / objects (e.g. None) are not labels; np.mod would raise a TypeError on them
+        if arr.dtype.kind not in "fb" or not np.all(np.equal(np.mod(arr, 1), 0)):
             raise ValueError("labels must be integers")
         arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):

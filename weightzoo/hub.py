@@ -14,7 +14,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import HfApi, snapshot_download
+import httpx
+from huggingface_hub import CommitInfo, HfApi, is_offline_mode, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from weightzoo import zoo
@@ -77,13 +78,13 @@ def resolve(
         try:
             return Path(snapshot_download(
                 base, revision=revision, allow_patterns=HUB_FILES,
-                local_files_only=local_files_only,
+                local_files_only=local_files_only or is_offline_mode(),
             ))
         except LocalEntryNotFoundError:
             looked.append(f"Hub cache for {base}@{revision or 'main'} (offline)")
         except HfHubHTTPError as err:
             looked.append(f"Hub repo {base}@{revision or 'main'} ({_first_line(err)})")
-        except OSError as err:  # unreachable endpoint
+        except (OSError, httpx.TransportError) as err:  # unreachable endpoint
             looked.append(f"Hub repo {base} (unreachable: {_first_line(err)})")
     raise WeighterNotFoundError(f"weighter {text!r} not found; looked in: " + "; ".join(looked))
 
@@ -102,17 +103,19 @@ def load_pretrained_weighter(
 def push_to_hub(
     directory: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
     create_pr: bool = False, message: str | None = None, token: str | None = None,
-) -> str:
-    """Validate and upload a weighter directory in one commit; returns the commit URL."""
+) -> CommitInfo:
+    """Validate and upload a weighter directory in one commit (or PR).
+
+    Returns the commit's ``CommitInfo`` (``.oid``, ``.commit_url``, ``.pr_url``).
+    """
     validate_artifact(directory)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main" and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     files = [name for name in HUB_FILES if (Path(directory) / name).is_file()]
-    commit = api.upload_folder(
+    return api.upload_folder(
         repo_id=repo_id, folder_path=str(directory), allow_patterns=files,
         revision=revision, create_pr=create_pr,
         commit_message=message or f"Upload weighter with weightzoo ({os.path.basename(directory)})",
     )
-    return str(commit.pr_url or commit.commit_url) if create_pr else str(commit.commit_url)

@@ -139,10 +139,14 @@ class WeightedLoss(nn.Module):
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
-        if self.family_of_class.numel() and logits.shape[1] != self.family_of_class.numel():
+        expected = self.family_of_class.numel() or self.num_classes
+        if expected and logits.shape[1] != expected:
             raise ValueError(
-                f"logits have {logits.shape[1]} classes, the families were fitted on "
-                f"{self.family_of_class.numel()}"
+                f"logits have {logits.shape[1]} classes, the families / num_classes say {expected}"
+            )
+        if targets.dim() == 2 and targets.shape != logits.shape:
+            raise ValueError(
+                f"soft targets {tuple(targets.shape)} and logits {tuple(logits.shape)} differ"
             )
         hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
         self._classes_checked(hard, logits.shape[1])

@@ -14,26 +14,39 @@ from __future__ import annotations
 import torch
 
 
-def reduce_weighted(losses: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
-    """losses (B,), weights (B,) -> scalar.  Non-finite losses are excluded from the sum.
+def weighted_terms(
+    losses: torch.Tensor, weights: torch.Tensor | None, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(numerator, denominator) of the normalised loss; ``weights=None`` is the plain mean.
 
-    If every loss is non-finite the result is NaN, so that a broken batch stays visible
-    to NaN checks and to AMP's GradScaler instead of silently producing a zero loss.
+    Data-parallel training sums both over ranks: the global loss is
+    sum(numerators) / sum(denominators), whatever the mode.  Non-finite losses are
+    excluded; if every loss is non-finite the numerator is NaN, so that a broken batch
+    stays visible to NaN checks and to AMP's GradScaler instead of becoming a zero loss.
     """
+    if weights is None:
+        weights, mode = torch.ones_like(losses), "mean"
     if losses.shape != weights.shape:
         raise ValueError(f"losses {tuple(losses.shape)} and weights {tuple(weights.shape)} differ")
     finite = torch.isfinite(losses)
-    if losses.numel() and not bool(finite.any()):
-        return losses.sum() * float("nan")
     weights = torch.where(finite, weights, torch.zeros_like(weights))
-    weighted = torch.where(finite, weights * losses, torch.zeros_like(losses))
+    numerator = torch.where(finite, weights * losses, torch.zeros_like(losses)).sum()
+    if losses.numel() and not bool(finite.any()):
+        numerator = numerator * float("nan")
     if mode == "mean":
-        return weighted.sum() / max(losses.numel(), 1)
+        return numerator, torch.tensor(float(losses.numel()), device=losses.device)
     if mode == "sum":
-        denom = weights.sum()
-    elif mode == "detached_sum":
-        denom = weights.sum().detach()
-    else:
-        raise ValueError(f"unknown normalization {mode!r}; one of sum, mean, detached_sum")
-    denom = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return weighted.sum() / denom
+        return numerator, weights.sum()
+    if mode == "detached_sum":
+        return numerator, weights.sum().detach()
+    raise ValueError(f"unknown normalization {mode!r}; one of sum, mean, detached_sum")
+
+
+def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator with the zero-sum guard (a denominator <= 0 counts as 1)."""
+    return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def reduce_weighted(losses: torch.Tensor, weights: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """losses (B,), weights (B,) -> scalar loss normalised by ``mode``."""
+    return safe_divide(*weighted_terms(losses, weights, mode))

@@ -7,6 +7,7 @@ sample's label to a weight in [0, 1].  MW-Net is CMW-Net with a single family.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -50,6 +51,14 @@ class WeighterConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("hidden", "num_families", "source_num_classes", "schema_version"):
+            value = getattr(self, name)
+            # numpy integers are fine; floats, bools and strings are not (e.g. from a hand-edited file)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(value))
+        if not isinstance(self.metadata, dict):
+            raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         if self.kind not in ("mwnet", "cmwnet"):
             raise ValueError(f"unknown weighter kind {self.kind!r}; expected 'mwnet' or 'cmwnet'")
         if self.kind == "mwnet" and self.num_families != 1:
@@ -118,8 +127,9 @@ class CMWNet(nn.Module):
         param = self.heads.weight
         scale = loss_input_scale(self.config.input_norm, num_classes or self.config.source_num_classes)
         x = (losses.detach().to(param.dtype) * scale).unsqueeze(1)  # (B, 1)
-        # Non-finite losses must not poison the weights: clamp them into the input range.
-        x = torch.nan_to_num(x, nan=0.0, posinf=1e4, neginf=0.0)
+        # Non-finite and huge losses must not poison the weights: clamp them into the input
+        # range (a finite 1e38 would overflow to inf - inf = NaN inside the net).
+        x = torch.nan_to_num(x, nan=0.0, posinf=1e4, neginf=0.0).clamp(-1e4, 1e4)
         out = torch.sigmoid(self.heads(self.shared(x)))  # (B, K)
         if self.config.num_families == 1:
             return out.squeeze(1)

@@ -1,0 +1,77 @@
+"""``weightzoo apply``: train on a new biased dataset with a frozen weighter vs baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from weightzoo.cli.options import baseline_option, command_line, echo_json, format_table, run_options
+from weightzoo.cli.train import ACC_COLUMNS
+from weightzoo.engine import Schedule
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """lr drops at 2/3 and 5/6 of training (MW-Net's 20 and 25 of 30 epochs)."""
+    return sorted({max(1, epochs * 2 // 3), max(1, epochs * 5 // 6)} - {epochs})
+
+
+@click.command()
+@click.argument("weighter")
+@click.option("--data", "dataset", required=True,
+              help="Target dataset: digits, mnist5k, mnist, fashion-mnist, cifar10, cifar100, "
+                   "imagefolder:PATH, npz:PATH.")
+@click.option("--data-root", default=None, help="Directory holding the dataset's files.")
+@click.option("--bias", default="none", show_default=True,
+              help="Bias to inject, e.g. symmetric:0.4, asymmetric:0.4, longtail:50+pairflip:0.2.")
+@click.option("--model", "model_name", default="mlp", show_default=True,
+              help="mlp, cnn, resnet32 or torchvision:NAME.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--milestones", default=None, help="Epochs where the lr drops 10x, e.g. 10,15 "
+              "(default: 2/3 and 5/6 of the epochs).")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+              help="Plain-CE epochs before weighting starts.")
+@click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
+@click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--resume", is_flag=True, help="Continue the runs in OUT from their checkpoints.")
+@click.option("--weights-report", is_flag=True,
+              help="Write OUT/weights.csv: every training sample's weight, with noisy flags.")
+@baseline_option
+@run_options
+def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
+          epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int,
+          augment: bool, revision: str | None, out: Path, resume: bool, weights_report: bool,
+          baselines: tuple[str, ...], device: str, seed: int | None, as_json: bool,
+          no_progress: bool) -> None:
+    """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
+    and with each --baseline on identical data, model, schedule and seed."""
+    from weightzoo.distributed import rank_and_world
+    from weightzoo.pipeline import apply_weighter
+
+    steps = default_milestones(epochs) if milestones is None else [
+        int(m) for m in milestones.split(",") if m.strip()
+    ]
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, lr=lr, milestones=steps,
+                        warmup_epochs=warmup_epochs, augment=augment)
+    result = apply_weighter(
+        weighter, out, dataset=dataset, bias=bias, model={"name": model_name}, schedule=schedule,
+        seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,
+        progress=not no_progress, weights_report=weights_report, revision=revision,
+        command=command_line(),
+    )
+    if rank_and_world()[0] != 0:
+        return
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"{weighter} applied to {dataset} with bias {bias} ({model_name}, {epochs} epochs)")
+    click.echo(format_table([{"method": m, **r} for m, r in result["runs"].items()], ACC_COLUMNS))
+    if result["gain_over_ce"] is not None:
+        click.echo(f"gain over CE: {100 * result['gain_over_ce']:+.2f} points")
+    if "weights" in result:
+        w = result["weights"]
+        click.echo(f"weights: {out / w['path']} (mean clean {w['mean_weight_clean']}, "
+                   f"mean noisy {w['mean_weight_noisy']})")

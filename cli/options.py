@@ -1,0 +1,57 @@
+"""Options shared by the training commands."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from weightzoo.losses import LOSS_NAMES
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, --seed, --json, --no-progress."""
+    func = click.option("--device", default="auto", show_default=True,
+                        help="cpu, cuda, cuda:N or auto (CUDA when present).")(func)
+    func = click.option("--seed", type=int, default=None,
+                        help="Seed for data split, bias, model init and batches.")(func)
+    func = click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as JSON on stdout.")(func)
+    func = click.option("--no-progress", is_flag=True, help="Hide the progress bars.")(func)
+    return func
+
+
+baseline_option = click.option(
+    "--baseline", "baselines", multiple=True, type=click.Choice(LOSS_NAMES),
+    help="Also train this baseline on identical data, model, schedule and seed (repeatable).",
+)
+
+
+def command_line() -> str:
+    """The invoking command line, for provenance."""
+    return "weightzoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def echo_json(data: Any) -> None:
+    from weightzoo.pipeline import json_safe
+
+    click.echo(json.dumps(json_safe(data), indent=2))
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table: ``columns`` are (key, header); floats print as percentages."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{100 * value:.2f}"
+        return "-" if value is None else str(value)
+
+    table = [[h for _, h in columns]] + [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths,
+                                                                                        strict=True)))
+             for row in table]
+    return "\n".join(lines)

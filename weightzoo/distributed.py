@@ -1,0 +1,45 @@
+"""torch.distributed helpers: initialise from ``torchrun``'s environment, reduce sums."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    NCCL on CUDA, gloo on CPU; on CUDA each rank takes the GPU ``LOCAL_RANK``.
+    Returns whether training is distributed.
+    """
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of ``value`` over ranks (the value itself in one process); no autograd."""
+    if rank_and_world()[1] == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()

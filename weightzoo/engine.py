@@ -1,0 +1,349 @@
+"""The training engine: one loop for every loss strategy (plain, robust, frozen or meta-learned
+weighter), on CPU or CUDA (mixed precision), in one process or data-parallel under torchrun.
+
+A :class:`Strategy` turns a batch into per-sample losses and (optional) weights; the engine
+does everything else: seeded batching, the SGD step with the multi-step learning-rate
+schedule, evaluation (overall, per class, head/medium/tail), checkpoints every epoch and
+bit-identical resume, progress bars and the metrics history.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from weightzoo import distributed
+from weightzoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from weightzoo.reduction import safe_divide, weighted_terms
+
+
+@dataclass
+class Schedule:
+    """SGD schedule.  The lr is multiplied by ``gamma`` at each epoch in ``milestones``.
+
+    warmup_epochs: epochs of plain CE before a strategy's weighting (and meta steps) start.
+    augment: random crop (4-pixel zero padding) + horizontal flip for images >= 28 px.
+    amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling).
+    """
+
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    augment: bool = False
+    amp: bool = True
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+
+@dataclass
+class TrainingSet:
+    """x (N, ...), y (N,) labels as given (possibly noisy); test split; optional clean
+    labels (N,) for reports when the bias was injected."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    clean_y: torch.Tensor | None = None
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.y.numpy(), minlength=self.num_classes)
+
+
+@dataclass
+class Batch:
+    """One training batch as a strategy sees it: x (B, ...), y (B,), index (B,) into the
+    training set, the epoch, global iteration and current lr, and whether it is warm-up."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    epoch: int
+    iteration: int
+    lr: float
+    warmup: bool
+
+
+class Strategy:
+    """Per-sample losses and weights for a batch.  Subclasses override ``losses``."""
+
+    name = "strategy"
+
+    def setup(self, trainer: Trainer) -> None:
+        """Called once before training (and before a checkpoint's state is loaded)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Called at the start of every epoch (e.g. to rebuild a meta set)."""
+
+    def losses(
+        self, trainer: Trainer, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """(losses (B,), weights (B,) or None for the plain mean, normalisation mode)."""
+        raise NotImplementedError
+
+    def after_step(self, trainer: Trainer) -> None:
+        """Called after every real optimizer step."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra numbers for the epoch's metrics row (reset each epoch)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto``/None -> CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} ({err})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` with ``strategy``; see :meth:`fit`.
+
+    out_dir: where ``checkpoint.pt`` is written after every epoch (None: no checkpoints).
+    record_weights: keep the last weight of every training sample (for weight reports).
+    """
+
+    def __init__(
+        self, model: nn.Module, data: TrainingSet, schedule: Schedule, *,
+        device: str | torch.device | None = None, seed: int = 0, out_dir: str | Path | None = None,
+        progress: bool = True, record_weights: bool = False, desc: str = "train",
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        distributed.init_from_env(self.device)
+        self.rank, self.world = distributed.rank_and_world()
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.data, self.schedule, self.seed = data, schedule, seed
+        self.module = model.to(self.device)
+        self.model: nn.Module = self.module
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.SGD(
+            self.module.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+            weight_decay=schedule.weight_decay, nesterov=schedule.nesterov,
+        )
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16
+        )
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress and self.rank == 0
+        self.desc = desc
+        self.history: list[dict[str, Any]] = []
+        self.sample_weights = torch.full((len(data.y),), float("nan")) if record_weights else None
+        self.start_epoch = 0
+        self.iteration = 0
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.schedule.amp or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast(self) -> torch.autocast:
+        """The forward-pass autocast context (disabled on CPU or without amp)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
+
+    # ----------------------------------------------------------------------------------
+    def fit(self, strategy: Strategy, resume: bool = False) -> list[dict[str, Any]]:
+        """Run all epochs (continuing from ``out_dir/checkpoint.pt`` when ``resume``)."""
+        strategy.setup(self)
+        if resume:
+            if self.out_dir is None:
+                raise ValueError("resume needs an output directory holding checkpoint.pt")
+            self._load(strategy, load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+        for epoch in range(self.start_epoch, self.schedule.epochs):
+            row = self._epoch(strategy, epoch)
+            self.history.append(row)
+            if self.out_dir is not None:
+                if self.rank == 0:
+                    save_checkpoint(self.out_dir / CHECKPOINT_NAME, self._state(strategy, epoch))
+                distributed.barrier()
+        return self.history
+
+    def _epoch(self, strategy: Strategy, epoch: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = self.schedule.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        strategy.on_epoch_start(self, epoch)
+        batches = self._batches(epoch)
+        total, count = 0.0, 0
+        bar = tqdm(
+            batches, desc=f"{self.desc} {epoch + 1}/{self.schedule.epochs}", file=sys.stderr,
+            disable=not self.progress, leave=False, dynamic_ncols=True,
+        )
+        for index in bar:
+            batch = Batch(
+                x=self._augment(self.data.x[index].to(self.device)),
+                y=self.data.y[index].to(self.device), index=index, epoch=epoch,
+                iteration=self.iteration, lr=lr, warmup=epoch < self.schedule.warmup_epochs,
+            )
+            loss = self._step(strategy, batch)
+            total, count = total + loss, count + 1
+            self.iteration += 1
+            bar.set_postfix(loss=f"{loss:.4f}")
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(count, 1)}
+        row.update(strategy.epoch_metrics())
+        row.update(self.evaluate())
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        if self.progress:
+            tqdm.write(
+                f"{self.desc} epoch {epoch + 1}/{self.schedule.epochs}: loss {row['train_loss']:.4f} "
+                f"test acc {row['test_acc']:.4f}", file=sys.stderr,
+            )
+        return row
+
+    def _step(self, strategy: Strategy, batch: Batch) -> float:
+        with self.autocast():
+            losses, weights, mode = strategy.losses(self, batch)
+        numerator, denominator = weighted_terms(losses.float(), weights, mode)
+        # Data-parallel: every rank divides by the global denominator and DDP averages the
+        # gradients over ranks, so rank losses are scaled by the world size.
+        global_den = distributed.all_reduce_sum(denominator.detach())
+        loss = safe_divide(numerator, global_den) * self.world
+        reported = float(distributed.all_reduce_sum(loss.detach())) / self.world
+        if not math.isfinite(reported):
+            raise FloatingPointError(
+                f"non-finite training loss at epoch {batch.epoch + 1}, iteration {batch.iteration} "
+                "(diverged? lower the learning rate)"
+            )
+        if self.sample_weights is not None and weights is not None:
+            self.sample_weights[batch.index] = weights.detach().float().cpu()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        strategy.after_step(self)
+        return reported
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's index batches for ``epoch``: a seeded permutation in global batches,
+        each split over ranks (the last partial batch is dropped when data-parallel)."""
+        n, size = len(self.data.y), self.schedule.batch_size
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        chunks = list(order.split(size))
+        if self.world > 1 and len(chunks) > 1 and len(chunks[-1]) < size:
+            chunks.pop()
+        return [c[self.rank :: self.world] for c in chunks]
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random 4-pixel-padded crop and horizontal flip for (B, C, H, W) images."""
+        if not self.schedule.augment or x.dim() != 4 or x.shape[-1] < 28:
+            return x
+        b, _, h, w = x.shape
+        padded = nn.functional.pad(x, (4, 4, 4, 4))
+        oy = torch.randint(0, 9, (b,), device=x.device)
+        ox = torch.randint(0, 9, (b,), device=x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch_idx = torch.arange(b, device=x.device)[:, None, None, None]
+        chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        cropped = padded[batch_idx, chan_idx, rows, cols]
+        flip = torch.rand(b, device=x.device) < 0.5
+        return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+    # ----------------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Predicted classes (N,) for inputs x (N, ...), in eval mode."""
+        was_training = self.module.training
+        self.module.eval()
+        preds = []
+        with torch.no_grad(), self.autocast():
+            for chunk in x.split(batch_size):
+                preds.append(self.module(chunk.to(self.device)).argmax(1).cpu())
+        self.module.train(was_training)
+        return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Test accuracy overall, per class, and for head/medium/tail classes (the thirds of
+        the classes ordered by training count, largest first)."""
+        return accuracy_report(
+            self.predict(self.data.test_x), self.data.test_y, self.data.class_counts
+        )
+
+    # ----------------------------------------------------------------------------------
+    def _state(self, strategy: Strategy, epoch: int) -> dict[str, Any]:
+        state = {
+            "epoch": epoch, "iteration": self.iteration,
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "strategy": strategy.state_dict(),
+            "history": self.history, "rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.sample_weights is not None:
+            state["sample_weights"] = self.sample_weights
+        return state
+
+    def _load(self, strategy: Strategy, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        strategy.load_state_dict(state["strategy"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if self.sample_weights is not None and "sample_weights" in state:
+            self.sample_weights = state["sample_weights"]
+
+
+def accuracy_report(
+    pred: torch.Tensor, target: torch.Tensor, train_counts: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy overall, per class, and over head/medium/tail class thirds (by train count)."""
+    num_classes = len(train_counts)
+    correct = (pred == target).float()
+    per_class = []
+    for c in range(num_classes):
+        mask = target == c
+        per_class.append(float(correct[mask].mean()) if bool(mask.any()) else float("nan"))
+    order = np.argsort(-np.asarray(train_counts), kind="stable")
+    thirds = np.array_split(order, 3) if num_classes >= 3 else [order, order[:0], order[:0]]
+    report: dict[str, Any] = {
+        "test_acc": float(correct.mean()) if len(correct) else float("nan"),
+        "per_class_acc": per_class,
+    }
+    for name, classes in zip(("head", "medium", "tail"), thirds, strict=True):
+        values = [per_class[c] for c in classes if not math.isnan(per_class[c])]
+        report[f"{name}_acc"] = float(np.mean(values)) if values else float("nan")
+    return report

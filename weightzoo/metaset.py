@@ -1,0 +1,139 @@
+"""Meta sets: a clean balanced held-out subset, or one rebuilt from the training set.
+
+Without clean data, CMW-Net (§4.2 "Establishing Meta dataset") takes, each epoch, the k
+lowest-loss training samples of every (noisy) class, scored by an EMA of the model in
+eval mode without augmentation, and enriches the meta loss with mixup.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def balanced_clean_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Random ``per_class`` indices of every class (all of a smaller class), sorted: (N,) -> (M,).
+
+    The caller holds these clean samples out of the training set.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).squeeze(1)
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
+    if not chosen:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat(chosen).sort().values
+
+
+def lowest_loss_indices(
+    model: nn.Module, x: torch.Tensor, noisy_labels: torch.Tensor, per_class: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """The ``per_class`` lowest-CE samples of every noisy class, sorted: x (N, ...) -> (M,).
+
+    ``x`` must be un-augmented; the model (e.g. ``ModelEMA.module``) scores it in eval mode
+    under ``no_grad`` on its own device, and every submodule's train/eval mode is restored.
+    Ties go to the lower index.
+    """
+    if per_class < 1 or batch_size < 1:
+        raise ValueError("per_class and batch_size must be >= 1")
+    noisy_labels = torch.as_tensor(noisy_labels).reshape(-1).long()
+    if noisy_labels.numel() != x.shape[0]:
+        raise ValueError(f"{noisy_labels.numel()} labels for {x.shape[0]} samples")
+    losses = _score(model, x, noisy_labels, batch_size).cpu()
+    labels = noisy_labels.cpu()
+    chosen = []
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).squeeze(1)
+        order = torch.sort(losses[members], stable=True).indices
+        chosen.append(members[order[:per_class]])
+    if not chosen:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat(chosen).sort().values
+
+
+def _score(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-sample CE (N,) of the model in eval mode; submodule modes are restored."""
+    modes = {module: module.training for module in model.modules()}
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else x.device
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = []
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(device)
+                yb = labels[start : start + batch_size].to(device)
+                out.append(F.cross_entropy(model(xb), yb, reduction="none"))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return torch.cat(out) if out else torch.empty(0)
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters and floating buffers.
+
+    ``update``: ema <- decay * ema + (1 - decay) * model for floating tensors; integer
+    buffers (BatchNorm's ``num_batches_tracked``) are copied. ``.module`` is an eval-mode,
+    gradient-free copy to score samples or to produce soft labels.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = _named_tensors(model)
+        averaged = _named_tensors(self.module)
+        if current.keys() != averaged.keys():
+            raise ValueError("the model's state does not match the EMA copy's (other architecture?)")
+        for key, ema_value in averaged.items():
+            value = current[key].to(ema_value.device)
+            if ema_value.is_floating_point():
+                ema_value.mul_(self.decay).add_(value, alpha=1.0 - self.decay)
+            else:
+                ema_value.copy_(value)
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name, each shared tensor once (tied weights average once)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def mixup(
+    x: torch.Tensor, y_soft: torch.Tensor, alpha: float = 1.0,
+    generator: torch.Generator | None = None, dominant: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a permutation of itself: x (B, ...), y_soft (B, C) -> same shapes.
+
+    lambda ~ Beta(alpha, alpha); ``dominant`` uses max(lambda, 1 - lambda), so the
+    un-permuted sample dominates (CMW-Net-SL). Randomness comes from ``generator``
+    (a CPU generator) or else the global torch RNG.
+    """
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    if y_soft.dim() != 2 or y_soft.shape[0] != x.shape[0] or not y_soft.is_floating_point():
+        raise ValueError(
+            f"y_soft must be float (batch, classes) for {x.shape[0]} inputs, "
+            f"got {y_soft.dtype} {tuple(y_soft.shape)}"
+        )
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    if dominant:
+        lam = max(lam, 1.0 - lam)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    x_mixed = lam * x + (1.0 - lam) * x[perm]
+    y_mixed = lam * y_soft + (1.0 - lam) * y_soft[perm.to(y_soft.device)]
+    return x_mixed, y_mixed
