@@ -31,7 +31,7 @@ def default_milestones(epochs: int) -> list[int]:
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--milestones", default=None, help="Epochs where the lr drops 10x, e.g. 10,15 "
               "(default: 2/3 and 5/6 of the epochs).")
-@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+@click.option("--warmup-epochs", type=int, default=2, show_default=True,
               help="Plain-CE epochs before weighting starts.")
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")

@@ -6,7 +6,9 @@ import os
 import sys
 
 import click
+
 from weightzoo.cli.apply import apply
+from weightzoo.cli.demo import demo
 from weightzoo.cli.inspect import list_cmd, plot, show
 from weightzoo.cli.push import push
 from weightzoo.cli.train import recipes, train
@@ -38,7 +40,7 @@ def cli() -> None:
     """Learned sample-weighting functions (MW-Net, CMW-Net) for robust training."""
 
 
-for command in (show, plot, list_cmd, train, recipes, apply, push):
+for command in (demo, train, apply, push, show, plot, list_cmd, recipes):
     cli.add_command(command)
 
 if __name__ == "__main__":

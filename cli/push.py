@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from weightzoo import hub, zoo
-from weightzoo.artifact import validate_artifact
 
 FILE_SCHEME = "file://"
 
@@ -30,9 +29,9 @@ def push(directory: Path, repo_id: str, revision: str | None, private: bool, cre
 
     REPO_ID is a Hub repo ``org/name`` (prints the commit or PR URL), or a local zoo entry:
     ``org/name`` with ``--zoo PATH``, or ``file:///ZOO/org/name``; a zoo push adds the next
-    version ``vNNNN`` (prints its path).
+    version ``vNNNN`` (prints its path).  An invalid directory is refused before anything is
+    created or uploaded.
     """
-    validate_artifact(directory)  # refuse before anything is created or uploaded
     if repo_id.startswith(FILE_SCHEME):
         if zoo_path is not None:
             raise click.UsageError("give either --zoo or a file:// target, not both")

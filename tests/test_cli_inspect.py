@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from PIL import Image
-from weightzoo.cli.main import cli
 
 from weightzoo import zoo
 from weightzoo.artifact import save_weighter
+from weightzoo.cli.main import cli
 from weightzoo.weighters import CMWNet
 
 METADATA = {

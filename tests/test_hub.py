@@ -2,6 +2,9 @@
 loading back with ``WeightedLoss.from_pretrained`` through the real ``huggingface_hub`` client."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +12,11 @@ import torch
 from click.testing import CliRunner, Result
 from hub_server import HubSession
 from huggingface_hub import ModelCard
-from weightzoo.cli.main import cli
 
 from weightzoo import hub, zoo
 from weightzoo.artifact import CARD_NAME, CURVE_NAME, WEIGHTS_NAME, save_weighter
 from weightzoo.card import card_tags
+from weightzoo.cli.main import cli
 from weightzoo.loss import WeightedLoss
 from weightzoo.weighters import CMWNet
 
@@ -70,6 +73,9 @@ def test_push_then_from_pretrained_by_commit_and_main(local_hub: HubSession, tmp
     assert files[WEIGHTS_NAME] == (first_dir / WEIGHTS_NAME).read_bytes()
 
     assert _same(_load(f"{REPO}@{commit}"), first)
+    requests = len(local_hub.server.requests)
+    assert _same(_load(f"{REPO}@{commit}"), first)
+    assert len(local_hub.server.requests) == requests  # a pinned commit comes from the cache
     assert _same(_load(f"{REPO}@main"), first)
     assert _same(_load(REPO), first)
 
@@ -99,16 +105,25 @@ def test_offline_loads_from_cache(local_hub: HubSession, tmp_path: Path) -> None
     commit = _push(directory, REPO)["commit"]
     _load(f"{REPO}@{commit}")
     _load(f"{REPO}@main")
+    never_downloaded = _push(_save(tmp_path, seed=1)[0], REPO, "--revision", "dev")["commit"]
 
     local_hub.go_offline()
     assert _same(_load(f"{REPO}@{commit}"), weighter)
     assert _same(_load(f"{REPO}@main"), weighter)
     assert _same(_load(REPO, local_files_only=True), weighter)
     assert _same(_load(f"{REPO}@{commit}", local_files_only=True), weighter)
-    result = _run("show", f"{REPO}@main", "--json")
-    assert result.exit_code == 0, result.output
-    with pytest.raises(hub.WeighterNotFoundError, match=f"Hub cache for {REPO}@dev \\(offline\\)"):
-        hub.resolve(f"{REPO}@dev")
+    for missing in ("dev", never_downloaded):
+        with pytest.raises(hub.WeighterNotFoundError, match=f"Hub cache for {REPO}@{missing} \\(offline\\)"):
+            hub.resolve(f"{REPO}@{missing}")
+
+    # A fresh process: HF_HUB_OFFLINE=1 (and the cache location) come from the environment only.
+    shown = subprocess.run(
+        [sys.executable, "-m", "weightzoo.cli.main", "show", f"{REPO}@main", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert json.loads(shown.stdout)["path"].endswith(f"snapshots/{commit}")
 
 
 def test_server_down_without_offline_mode_is_not_found(local_hub: HubSession, tmp_path: Path) -> None:
@@ -227,7 +242,14 @@ def test_not_found_lists_every_place(local_hub: HubSession, tmp_path: Path,
     assert message.startswith("weighter 'nobody/nothing' not found; looked in: built-in zoo (")
     assert "local directory 'nobody/nothing'" in message
     assert f"local zoo {tmp_path / 'zoo'}" in message
-    assert "Hub repo nobody/nothing@main (" in message
+    assert "Hub repo nobody/nothing (no such repo, or private without access)" in message
+
+    _push(_save(tmp_path, seed=0)[0], REPO)
+    with pytest.raises(hub.WeighterNotFoundError, match=f"Hub repo {REPO} \\(no revision 'v9'\\)"):
+        hub.resolve(f"{REPO}@v9")
+
+    with pytest.raises(hub.WeighterNotFoundError, match=r"Hub \('~/no-such-dir' is not a valid repo id\)"):
+        hub.resolve("~/no-such-dir")
 
     result = _run("show", "nobody/nothing")
     assert result.exit_code == 1

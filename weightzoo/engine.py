@@ -180,11 +180,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------
     def fit(self, strategy: Strategy, resume: bool = False) -> list[dict[str, Any]]:
-        """Run all epochs (continuing from ``out_dir/checkpoint.pt`` when ``resume``)."""
+        """Run all epochs; with ``resume``, continue from ``out_dir/checkpoint.pt`` if it exists
+        (a finished run then only reloads its history)."""
         strategy.setup(self)
-        if resume:
-            if self.out_dir is None:
-                raise ValueError("resume needs an output directory holding checkpoint.pt")
+        if resume and self.out_dir is None:
+            raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
+        if resume and (self.out_dir / CHECKPOINT_NAME).exists():
             self._load(strategy, load_checkpoint(self.out_dir / CHECKPOINT_NAME))
         for epoch in range(self.start_epoch, self.schedule.epochs):
             row = self._epoch(strategy, epoch)

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import httpx
 from huggingface_hub import CommitInfo, HfApi, is_offline_mode, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from weightzoo import zoo
 from weightzoo.artifact import ARTIFACT_FILES, CURVE_NAME, validate_artifact
@@ -80,8 +86,14 @@ def resolve(
                 base, revision=revision, allow_patterns=HUB_FILES,
                 local_files_only=local_files_only or is_offline_mode(),
             ))
+        except HFValidationError:
+            looked.append(f"Hub ({base!r} is not a valid repo id)")
         except LocalEntryNotFoundError:
             looked.append(f"Hub cache for {base}@{revision or 'main'} (offline)")
+        except RepositoryNotFoundError:
+            looked.append(f"Hub repo {base} (no such repo, or private without access)")
+        except RevisionNotFoundError:
+            looked.append(f"Hub repo {base} (no revision {revision!r})")
         except HfHubHTTPError as err:
             looked.append(f"Hub repo {base}@{revision or 'main'} ({_first_line(err)})")
         except (OSError, httpx.TransportError) as err:  # unreachable endpoint

@@ -19,6 +19,7 @@ MODEL_DESCRIPTIONS: dict[str, str] = {
     "cnn": "4 conv layers with BatchNorm and adaptive pooling (~100k params); images >= 4x4",
     "resnet32": "CIFAR ResNet-32 of He et al. (3x5 BasicBlocks, 16/32/64 channels, ~0.46M)",
     "torchvision:NAME": "torchvision.models.get_model(NAME, weights=None), e.g. resnet18",
+    "python:MODULE:FUNC": "your own model: FUNC(num_classes=C, input_shape=shape, **kwargs)",
 }
 
 
@@ -41,6 +42,8 @@ def build_model(
     kind, _, arg = name.partition(":")
     if kind == "torchvision" and arg:
         return _torchvision_model(arg, num_classes, _image_shape(name, input_shape), **kwargs)
+    if kind == "python" and arg:
+        return _python_model(arg, num_classes, input_shape, **kwargs)
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -174,6 +177,23 @@ def _torchvision_model(
             f"images or pick another model ({err})"
         ) from err
     return model.train(was_training)
+
+
+def _python_model(
+    target: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any
+) -> nn.Module:
+    """A user factory ``MODULE:FUNC`` (importable), called with num_classes and input_shape."""
+    import importlib
+
+    module_name, _, func_name = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import model factory {target!r} ({err})") from None
+    model = factory(num_classes=num_classes, input_shape=input_shape, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {target!r} returned {type(model).__name__}, not nn.Module")
+    return model
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {

@@ -267,7 +267,7 @@ def apply_weighter(
             seed=seed, out_dir=out / method, progress=progress,
             record_weights=weights_report and method == "weighter", desc=f"apply [{method}]",
         )
-        history = trainer.fit(strategy, resume=resume and (out / method).exists())
+        history = trainer.fit(strategy, resume=resume)
         runs[method] = final_metrics(history)
         if rank == 0:
             write_json(out / method / METRICS_NAME, {"method": method, "final": runs[method],
