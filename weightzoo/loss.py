@@ -15,19 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from weightzoo.families import TaskFamilies, class_counts
+from weightzoo.losses import per_sample_loss
 from weightzoo.reduction import reduce_weighted
 from weightzoo.weighters import CMWNet
-
-
-def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per sample: logits (B, C), targets (B,) long or (B, C) soft -> (B,)."""
-    if targets.dim() == 2:
-        return -(targets.to(torch.float32) * F.log_softmax(logits.float(), dim=1)).sum(1)
-    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 class WeightedLoss(nn.Module):
@@ -150,7 +143,8 @@ class WeightedLoss(nn.Module):
             )
         hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
         self._classes_checked(hard, logits.shape[1])
-        return self.weigh(per_sample_ce(logits, targets), hard, logits.shape[1])
+        soft = targets.float() if targets.dim() == 2 else targets
+        return self.weigh(per_sample_loss("ce", logits.float(), soft), hard, logits.shape[1])
 
 
 def _resolve_counts(
