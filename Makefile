@@ -10,7 +10,7 @@ demo: setup
 	$(PY) -m weightzoo.cli.main demo
 
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check weightzoo cli tests benchmarks examples

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WZ=${WZ:-.venv/bin/weightzoo}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # small models: one thread per process is fastest
 RUNS=${RUNS:-runs/zoo}
 declare -A ZOO=(
   [mwnet-fmnist-sym40]=fmnist-sym40-mwnet
@@ -16,7 +17,7 @@ declare -A ZOO=(
 for name in "${!ZOO[@]}"; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then
-    "$WZ" train "$recipe" --out "$RUNS/$name" --baseline ce --seed 0 --no-progress \
+    "$WZ" train "$recipe" --out "$RUNS/$name" --baseline ce --seed 0 --no-progress --resume \
       --set "name=\"$name\""
   fi
   rm -rf "pretrained/$name.tmp" && cp -r "$RUNS/$name/weighter" "pretrained/$name.tmp"

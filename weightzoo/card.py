@@ -69,7 +69,8 @@ def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
         "to a weight in [0, 1].",
         "## Usage",
         "```python\nfrom weightzoo import WeightedLoss\n\n"
-        f"crit = WeightedLoss.from_pretrained(\"{meta.get('repo_id', 'PATH_OR_NAME')}\", "
+        "# NAME: a shipped zoo name, a local directory, or a Hub repo id org/name[@revision]\n"
+        f"crit = WeightedLoss.from_pretrained(\"{meta.get('name', 'NAME')}\", "
         "labels=train_labels, num_classes=C)\n"
         "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```",
         "## Weighting function",

@@ -163,6 +163,8 @@ class Trainer:
         self.desc = desc
         self.history: list[dict[str, Any]] = []
         self.sample_weights = torch.full((len(data.y),), float("nan")) if record_weights else None
+        # data-parallel: which samples this rank weighted this epoch (merged at the epoch's end)
+        self._weighted_here = torch.zeros(len(data.y), dtype=torch.bool) if record_weights else None
         self.start_epoch = 0
         self.iteration = 0
 
@@ -219,6 +221,7 @@ class Trainer:
             total, count = total + loss, count + 1
             self.iteration += 1
             bar.set_postfix(loss=f"{loss:.4f}")
+        self._share_sample_weights()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(count, 1)}
         row.update(strategy.epoch_metrics())
         row.update(self.evaluate())
@@ -246,12 +249,26 @@ class Trainer:
             )
         if self.sample_weights is not None and weights is not None:
             self.sample_weights[batch.index] = weights.detach().float().cpu()
+            if self._weighted_here is not None:
+                self._weighted_here[batch.index] = True
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         strategy.after_step(self)
         return reported
+
+    def _share_sample_weights(self) -> None:
+        """Data-parallel: each rank recorded the weights of its own shards only; give every rank
+        (rank 0 writes the reports and checkpoints) the weights of all samples seen this epoch."""
+        if self.sample_weights is None or self._weighted_here is None or self.world == 1:
+            return
+        mine = self._weighted_here.to(self.device)
+        values = torch.where(mine, self.sample_weights.to(self.device), torch.zeros((), device=self.device))
+        seen = distributed.all_reduce_sum(mine.float()).cpu() > 0
+        merged = distributed.all_reduce_sum(values).cpu()
+        self.sample_weights = torch.where(seen, merged, self.sample_weights)
+        self._weighted_here.zero_()
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """This rank's index batches for ``epoch``: a seeded permutation in global batches,

@@ -1,0 +1,30 @@
+"""The examples run as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from weightzoo import MWNet, save_weighter
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # One thread: tiny models on a busy machine are much faster without intra-op threads.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_user_loop_with_a_weighter_directory(tmp_path: Path) -> None:
+    save_weighter(MWNet(), tmp_path / "weighter")
+    result = run_example("user_loop.py", str(tmp_path / "weighter"), "--epochs", "2", "--warmup-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    accuracies = re.findall(r"clean test accuracy, (CE|weighted \(.+\)): (\d+\.\d+)%", result.stdout)
+    assert [name.split()[0] for name, _ in accuracies] == ["CE", "weighted"], result.stdout
+    assert all(0 <= float(acc) <= 100 for _, acc in accuracies)
+

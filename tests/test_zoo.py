@@ -1,0 +1,68 @@
+"""The shipped zoo: every weighter in pretrained/ loads by name, shows, plots, and its
+recorded metrics file agrees with its model card and config."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from weightzoo import WeightedLoss, hub, load_pretrained_weighter
+from weightzoo.cli.main import cli
+
+SHIPPED = hub.builtin_names()
+EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
+            "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed"}
+
+
+def test_zoo_has_the_five_weighters() -> None:
+    assert EXPECTED <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weighter_loads_and_applies(name: str) -> None:
+    weighter = load_pretrained_weighter(name)
+    meta = weighter.config.metadata
+    assert meta["source"]["dataset"] == "fashion-mnist"
+    assert meta["command"].startswith("weightzoo train ")
+    crit = WeightedLoss.from_pretrained(name, class_counts=[50, 40, 30, 20, 10, 5, 5, 5, 2, 1])
+    assert crit.family_of_class.numel() == 10
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_metrics_file_agrees_with_card_and_config(name: str) -> None:
+    root = hub.builtin_root() / name
+    recorded = json.loads((root / "metrics.json").read_text())["final"]
+    config_metrics = load_pretrained_weighter(name).config.metadata["metrics"]
+    for key, value in config_metrics.items():
+        assert recorded[key] == pytest.approx(value), key
+    card = ModelCard.load(root / "README.md")
+    assert card.data.library_name == "weightzoo"
+    block = re.search(r"## Metrics\s+```json\n(.*?)\n```", card.text, re.S)
+    assert block is not None
+    card_metrics = json.loads(block.group(1))
+    assert card_metrics["weighter"]["test_acc"] == pytest.approx(recorded["test_acc"])
+    assert card_metrics["ce_baseline"]["test_acc"] > 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_show_and_plot(name: str, tmp_path) -> None:
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["show", name, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["config"]["kind"] in ("mwnet", "cmwnet")
+    png = tmp_path / "c.png"
+    plotted = runner.invoke(cli, ["plot", name, "-o", str(png), "--width", "320", "--height", "240"])
+    assert plotted.exit_code == 0, plotted.output
+    assert Image.open(png).size == (320, 240)
+
+
+def test_list_shows_the_zoo_with_descriptions() -> None:
+    listed = CliRunner().invoke(cli, ["list", "--json"])
+    rows = {r["name"]: r for r in json.loads(listed.output)}
+    for name in EXPECTED:
+        assert rows[name]["where"] == "builtin" and rows[name]["description"]
