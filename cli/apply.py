@@ -16,6 +16,11 @@ def default_milestones(epochs: int) -> list[int]:
     return sorted({max(1, epochs * 2 // 3), max(1, epochs * 5 // 6)} - {epochs})
 
 
+def default_warmup(epochs: int) -> int:
+    """2 plain-CE epochs, but always leave at least one weighted epoch."""
+    return max(0, min(2, epochs - 1))
+
+
 @click.command()
 @click.argument("weighter")
 @click.option("--data", "dataset", required=True,
@@ -31,8 +36,8 @@ def default_milestones(epochs: int) -> list[int]:
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--milestones", default=None, help="Epochs where the lr drops 10x, e.g. 10,15 "
               "(default: 2/3 and 5/6 of the epochs).")
-@click.option("--warmup-epochs", type=int, default=2, show_default=True,
-              help="Plain-CE epochs before weighting starts.")
+@click.option("--warmup-epochs", type=int, default=None,
+              help="Plain-CE epochs before weighting starts (default: 2, fewer when --epochs < 3).")
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
@@ -42,7 +47,7 @@ def default_milestones(epochs: int) -> list[int]:
 @baseline_option
 @run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
-          epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int,
+          epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
           augment: bool, revision: str | None, out: Path, resume: bool, weights_report: bool,
           baselines: tuple[str, ...], device: str, seed: int | None, as_json: bool,
           no_progress: bool) -> None:
@@ -54,6 +59,8 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
     steps = default_milestones(epochs) if milestones is None else [
         int(m) for m in milestones.split(",") if m.strip()
     ]
+    if warmup_epochs is None:
+        warmup_epochs = default_warmup(epochs)
     schedule = Schedule(epochs=epochs, batch_size=batch_size, lr=lr, milestones=steps,
                         warmup_epochs=warmup_epochs, augment=augment)
     result = apply_weighter(

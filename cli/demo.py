@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from weightzoo.cli.apply import default_milestones
+from weightzoo.cli.apply import default_milestones, default_warmup
 from weightzoo.cli.options import echo_json, format_table, run_options
 from weightzoo.cli.train import ACC_COLUMNS
 
@@ -39,7 +39,7 @@ def demo(out: Path, recipe: str, target: str, target_bias: str, target_epochs: i
     trained = train_with_baselines(resolved, out / "train", ("ce",), device=device, resume=True,
                                    progress=not no_progress, command="weightzoo demo")
     schedule = Schedule(epochs=target_epochs, milestones=default_milestones(target_epochs),
-                        warmup_epochs=2)
+                        warmup_epochs=default_warmup(target_epochs))
     transfer = apply_weighter(
         str(out / "train" / WEIGHTER_DIR), out / "apply", dataset=target, bias=target_bias,
         schedule=schedule, seed=resolved.seed, baselines=("ce",), device=device, resume=True,
@@ -58,5 +58,10 @@ def demo(out: Path, recipe: str, target: str, target_bias: str, target_epochs: i
                f"(families re-fitted on its class counts)")
     click.echo(format_table([{"method": m, **r} for m, r in transfer["runs"].items()], ACC_COLUMNS))
     w = transfer.get("weights", {})
+
+    def mean(key: str) -> str:  # None when a group is empty (e.g. no noisy samples)
+        value = w.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
     click.echo(f"gain over CE: {100 * transfer['gain_over_ce']:+.2f} points; mean weight of clean "
-               f"samples {w.get('mean_weight_clean', 0):.3f} vs noisy {w.get('mean_weight_noisy', 0):.3f}")
+               f"samples {mean('mean_weight_clean')} vs noisy {mean('mean_weight_noisy')}")

@@ -34,4 +34,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
+        # torch's own message spans many lines and suggests weights_only=False (unsafe for a
+        # file that failed the safe loader): keep the reason to one line.
+        raise ValueError(
+            f"{path}: unreadable or corrupt checkpoint ({type(err).__name__}); delete it to "
+            "start afresh"
+        ) from err

@@ -9,10 +9,11 @@ bit-identical resume, progress bars and the metrics history.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,10 @@ class Trainer:
         if resume and self.out_dir is None:
             raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
         if resume and (self.out_dir / CHECKPOINT_NAME).exists():
-            self._load(strategy, load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+            path = self.out_dir / CHECKPOINT_NAME
+            state = load_checkpoint(path)
+            self._check_same_run(path, state, strategy)
+            self._load(strategy, state)
         for epoch in range(self.start_epoch, self.schedule.epochs):
             row = self._epoch(strategy, epoch)
             self.history.append(row)
@@ -317,8 +321,33 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------
+    def _run_identity(self, strategy: Strategy) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it: strategy, seed, schedule
+        (the number of epochs may grow) and the training data (shape and labels)."""
+        schedule = asdict(self.schedule)
+        del schedule["epochs"]
+        labels = self.data.y.detach().cpu().numpy().astype(np.int64)
+        return {
+            "strategy": strategy.name, "seed": self.seed, "schedule": schedule,
+            "train_shape": list(self.data.x.shape),
+            "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+        }
+
+    def _check_same_run(self, path: Path, state: dict[str, Any], strategy: Strategy) -> None:
+        saved = state.get("run")
+        if saved is None:  # a checkpoint from before run identities were recorded
+            return
+        current = self._run_identity(strategy)
+        differ = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+        if differ:
+            raise ValueError(
+                f"{path}: written by a different run ({', '.join(differ)} differ); resume with "
+                "the same settings, or pick another output directory"
+            )
+
     def _state(self, strategy: Strategy, epoch: int) -> dict[str, Any]:
         state = {
+            "run": self._run_identity(strategy),
             "epoch": epoch, "iteration": self.iteration,
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "strategy": strategy.state_dict(),

@@ -101,9 +101,17 @@ def build_checked_model(model_cfg: dict[str, Any], splits: DataSplits, seed: int
     torch.manual_seed(seed)
     model = build_model(model_cfg["name"], splits.num_classes, splits.input_shape, **options)
     model.eval()
-    with torch.no_grad():
-        out = model(splits.train_x[:2])
+    try:
+        with torch.no_grad():
+            out = model(splits.train_x[:2])
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"model {model_cfg['name']!r} fails on inputs of shape {tuple(splits.input_shape)} "
+            f"from {splits.name} ({err})"
+        ) from err
     model.train()
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model {model_cfg['name']!r} returns {type(out).__name__}, not a logits tensor")
     if out.dim() != 2 or out.shape[1] != splits.num_classes:
         raise ValueError(
             f"model {model_cfg['name']!r} outputs shape {tuple(out.shape[1:])}, but the data "
@@ -250,6 +258,13 @@ def apply_weighter(
     ``comparison.json``.  Every input is validated before anything is written."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
+    if schedule.epochs < 1 or schedule.batch_size < 1:
+        raise ValueError("epochs and batch size must be >= 1")
+    if schedule.warmup_epochs >= schedule.epochs:
+        raise ValueError(
+            f"warmup_epochs ({schedule.warmup_epochs}) must be less than epochs ({schedule.epochs}), "
+            "or the weighter is never applied"
+        )
     weighter = load_pretrained_weighter(weighter_name, revision=revision)
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)

@@ -66,8 +66,9 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def validate(self) -> None:
-        where = f"recipe {self.name!r}"
+    def validate(self, where: str | None = None) -> None:
+        """Check values the types alone do not; errors name ``where`` (default: the recipe)."""
+        where = where or f"recipe {self.name!r}"
         if self.method.name not in METHODS:
             raise ValueError(f"{where}: unknown method {self.method.name!r}; one of {', '.join(METHODS)}")
         if self.method.normalization not in NORMALIZATIONS:
@@ -82,6 +83,13 @@ class Recipe:
             raise ValueError(f"{where}: schedule.epochs and schedule.batch_size must be >= 1")
         if self.method.num_families < 1 or self.meta.per_class < 1:
             raise ValueError(f"{where}: method.num_families and meta.per_class must be >= 1")
+        if self.meta.meta_interval < 1 or self.meta.meta_batch_size < 1:
+            raise ValueError(f"{where}: meta.meta_interval and meta.meta_batch_size must be >= 1")
+        if self.is_meta and self.schedule.warmup_epochs >= self.schedule.epochs:
+            raise ValueError(
+                f"{where}: schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than "
+                f"schedule.epochs ({self.schedule.epochs}), or the weighter is never meta-trained"
+            )
 
     @property
     def is_meta(self) -> bool:
@@ -140,7 +148,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str, where: str) -> Any:
 def recipe_from_dict(table: dict[str, Any], where: str = "recipe") -> Recipe:
     """Build and validate a recipe from a parsed TOML table."""
     recipe = _build(Recipe, table, "", where)
-    recipe.validate()
+    recipe.validate(where)
     return recipe
 
 

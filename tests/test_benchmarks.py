@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/step_cost.py: it runs and writes the documented schema (no timings checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
+
+
+def test_step_cost_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "step_cost.json"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--repeats", "1", "--warmup", "1", "--min-seconds", "0",
+         "--models", "mlp", "--threads", "1", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    report = json.loads(out.read_text())
+    assert report["schema"] == "weightzoo.step_cost/1"
+    for key in ("platform", "cpu_model", "torch", "torch_threads", "device"):
+        assert key in report["machine"]
+    assert report["machine"]["device"] == "cpu" and report["machine"]["torch_threads"] == 1
+    assert len(report["load_average_start"]) == 3 and len(report["load_average_end"]) == 3
+    assert report["date_utc"].endswith("+00:00")
+    rows = report["results"]
+    assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp")]
+    for row in rows:
+        for side in ("baseline_ms", "variant_ms"):
+            assert set(row[side]) == {"median", "q1", "q3", "iqr", "min", "n"}
+            assert row[side]["n"] == 1 and row[side]["median"] > 0
+        assert row["iterations"] == 1 and row["ratio"] > 0
+        assert "overhead_ms" in row and set(row["paired_ratio"]) == set(row["baseline_ms"])
+
+
+def test_step_cost_rejects_unknown_model(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", "nope", "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "unknown" in result.stderr
+    assert not (tmp_path / "x.json").exists()
