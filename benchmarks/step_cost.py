@@ -1,0 +1,337 @@
+"""Per-iteration cost benchmarks: exact meta step and frozen weighter vs a plain CE step.
+
+    python benchmarks/step_cost.py [--device cpu|cuda] [--repeats N] [--models mlp,cnn,resnet32]
+        [--sections meta,frozen] [--amp] [--out benchmarks/results/step_cost_<device>.json]
+
+Sections (each compares two variants on the same architecture, batch and process):
+
+- ``meta``: a full CMW-Net (K=3) meta-training iteration -- ``meta_step`` (one-step
+  look-ahead with ``create_graph=True``, meta forward/backward, Adam on the weighter) plus
+  the real forward, weighting, backward and SGD step -- against a plain CE iteration
+  (forward, backward, SGD step).
+- ``frozen``: ``WeightedLoss`` with a frozen CMW-Net (K=3, families fitted by k-means on
+  long-tailed class counts) forward + backward + SGD step against ``F.cross_entropy``.
+
+Method: every variant has its own copy of the same initial model and its own optimizer;
+after warm-up iterations the variants run interleaved in rounds of ``--block`` iterations
+each (A then B, B then A, ...) so that background load hits both alike; every iteration is
+timed on its own (with ``torch.cuda.synchronize()`` around it on CUDA; Python's garbage
+collector paused).  Cheap steps run for at least ``--min-seconds`` per comparison.
+Reported: median and IQR of the per-iteration milliseconds, the ratio of the medians, and
+the median/IQR of the ratios of paired iterations.  Inputs are synthetic (Gaussian images,
+uniform labels): the cost of a step does not depend on the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightzoo.families import TaskFamilies
+from weightzoo.loss import WeightedLoss
+from weightzoo.losses import per_sample_loss
+from weightzoo.meta import meta_step, weigh
+from weightzoo.models import build_model
+from weightzoo.reduction import reduce_weighted
+from weightzoo.weighters import CMWNet
+
+SCHEMA = "weightzoo.step_cost/1"
+NUM_CLASSES = 10
+MODELS: dict[str, tuple[int, int, int]] = {
+    "mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet32": (3, 32, 32),
+}
+SECTIONS = ("meta", "frozen")
+# (section, model) pairs whose iterations take seconds on a CPU: run with --slow-repeats.
+SLOW_ON_CPU = {("meta", "resnet32")}
+Step = Callable[[int], None]
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: torch.device
+    batch_size: int
+    meta_batch_size: int
+    warmup: int
+    repeats: int
+    slow_repeats: int
+    min_seconds: float
+    block: int
+    amp: bool
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    meta_lr: float = 1e-3
+    pool: int = 4  # distinct synthetic batches, cycled
+
+
+def long_tail_counts(num_classes: int = NUM_CLASSES, top: int = 5000, ratio: float = 100.0) -> np.ndarray:
+    """Exponentially long-tailed per-class counts (imbalance ratio ``ratio``)."""
+    return np.array([round(top * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)])
+
+
+def sgd(model: nn.Module, s: Settings) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def autocast(s: Settings) -> torch.autocast:
+    """bf16 autocast for the real forward passes when ``--amp`` on CUDA, else disabled."""
+    return torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp)
+
+
+def synthetic(shape: tuple[int, ...], n: int, s: Settings, seed: int) -> Batches:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(n, *shape, generator=g).to(s.device),
+         torch.randint(0, NUM_CLASSES, (n,), generator=g).to(s.device))
+        for _ in range(s.pool)
+    ]
+
+
+def ce_step(model: nn.Module, s: Settings, data: Batches) -> Step:
+    """Plain CE iteration: forward, ``F.cross_entropy``, backward, SGD step."""
+    opt = sgd(model, s)
+
+    def step(i: int) -> None:
+        x, y = data[i % len(data)]
+        with autocast(s):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def frozen_step(model: nn.Module, s: Settings, data: Batches) -> Step:
+    """Frozen-weighter iteration: forward, ``WeightedLoss`` (CMW-Net K=3), backward, SGD step."""
+    opt = sgd(model, s)
+    crit = WeightedLoss.for_data(CMWNet(num_families=3), class_counts=long_tail_counts()).to(s.device)
+
+    def step(i: int) -> None:
+        x, y = data[i % len(data)]
+        with autocast(s):
+            logits = model(x)
+        loss = crit(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches) -> Step:
+    """CMW-Net training iteration as ``MetaWeighting`` + ``Trainer`` run it: meta step on the
+    weighter, then the real forward, weights from the updated weighter, backward, SGD step."""
+    opt = sgd(model, s)
+    weighter = CMWNet(num_families=3).to(s.device)
+    weighter_opt = torch.optim.Adam(weighter.parameters(), lr=s.meta_lr)
+    families = TaskFamilies.fit(long_tail_counts(), 3).to(s.device)
+    normalization = weighter.config.normalization
+
+    def step(i: int) -> None:
+        x, y = data[i % len(data)]
+        meta_x, meta_y = meta[i % len(meta)]
+        fam = families(y)
+        meta_step(
+            model, weighter, weighter_opt, x, y, meta_x, meta_y, lr=s.lr, families=fam,
+            num_classes=NUM_CLASSES, normalization=normalization, optimizer=opt,
+        )
+        with autocast(s):
+            logits = model(x)
+        losses = per_sample_loss("ce", logits.float(), y)
+        loss = reduce_weighted(losses, weigh(weighter, losses, fam, NUM_CLASSES), normalization)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def summary(ms: list[float]) -> dict[str, float | int]:
+    q1, med, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
+    return {"median": round(med, 3), "q1": round(q1, 3), "q3": round(q3, 3), "iqr": round(q3 - q1, 3),
+            "min": round(min(ms), 3), "n": len(ms)}
+
+
+def timed(step: Step, i: int, device: torch.device) -> float:
+    """Milliseconds of one call of ``step`` (device-synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def compare(
+    baseline: Step, variant: Step, s: Settings, repeats: int, block: int, min_seconds: float
+) -> dict[str, Any]:
+    """Warm up both, then interleave blocks of ``block`` iterations, alternating the order,
+    for at least ``repeats`` iterations each and, for cheap steps, at least ``min_seconds``
+    (at most 20 * ``repeats`` iterations)."""
+    for i in range(s.warmup):
+        baseline(i)
+        variant(i)
+    times: dict[str, list[float]] = {"baseline": [], "variant": []}
+    steps = {"baseline": baseline, "variant": variant}
+    gc.collect()
+    gc.disable()  # no collector pauses inside timed iterations
+    try:
+        started = time.perf_counter()
+        done, round_ = 0, 0
+        while done < repeats or (time.perf_counter() - started < min_seconds and done < 20 * repeats):
+            n = block if done >= repeats else min(block, repeats - done)
+            order = ("baseline", "variant") if round_ % 2 == 0 else ("variant", "baseline")
+            for name in order:
+                times[name] += [timed(steps[name], s.warmup + done + k, s.device) for k in range(n)]
+            done, round_ = done + n, round_ + 1
+        elapsed = time.perf_counter() - started
+    finally:
+        gc.enable()
+    base, var = summary(times["baseline"]), summary(times["variant"])
+    paired = summary([v / b for b, v in zip(times["baseline"], times["variant"], strict=True)])
+    return {
+        "baseline_ms": base, "variant_ms": var,
+        "ratio": round(float(var["median"]) / float(base["median"]), 3),
+        "overhead_ms": round(float(var["median"]) - float(base["median"]), 3),
+        "paired_ratio": paired, "iterations": done, "rounds": round_, "block": block,
+        "seconds": round(elapsed, 1),
+    }
+
+
+def run_pair(section: str, name: str, s: Settings) -> dict[str, Any]:
+    shape = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(name, NUM_CLASSES, shape).to(s.device).train()
+    data = synthetic(shape, s.batch_size, s, seed=1)
+    baseline = ce_step(copy.deepcopy(model), s, data)
+    if section == "meta":
+        meta = synthetic(shape, s.meta_batch_size, s, seed=2)
+        variant, label = meta_iteration(copy.deepcopy(model), s, data, meta), "cmwnet_meta_iteration"
+    else:
+        variant, label = frozen_step(copy.deepcopy(model), s, data), "frozen_cmwnet_step"
+    slow = s.device.type == "cpu" and (section, name) in SLOW_ON_CPU
+    repeats = min(s.repeats, s.slow_repeats) if slow else s.repeats
+    row = {"section": section, "model": name, "input_shape": list(shape),
+           "params": sum(p.numel() for p in model.parameters()),
+           "baseline": "ce_step", "variant": label, "repeats": repeats}
+    block = 1 if slow else min(s.block, repeats)
+    row.update(compare(baseline, variant, s, repeats, block, 0.0 if slow else s.min_seconds))
+    return row
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(), "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=30, help="timed iterations per variant")
+    p.add_argument("--slow-repeats", type=int, default=5,
+                   help="timed iterations for the ResNet-32 meta iteration on CPU (seconds each)")
+    p.add_argument("--min-seconds", type=float, default=5.0,
+                   help="keep timing cheap steps for this long per comparison (at most 20x --repeats)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant first")
+    p.add_argument("--block", type=int, default=5, help="consecutive iterations per variant per round")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--meta-batch-size", type=int, default=100)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: meta, frozen")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the real forward (CUDA only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's); use 1 on a CPU shared with other jobs")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results JSON (default benchmarks/results/step_cost_<device>.json)")
+    args = p.parse_args(argv)
+    for key, known in (("models", MODELS), ("sections", SECTIONS)):
+        names = [n.strip() for n in getattr(args, key).split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            p.error(f"--{key}: unknown {unknown or 'empty'}; choose from {', '.join(known)}")
+        setattr(args, key, names)
+    if min(args.repeats, args.slow_repeats, args.block, args.threads or 1) < 1:
+        p.error("--repeats, --slow-repeats, --block and --threads must be >= 1")
+    if min(args.warmup, args.min_seconds) < 0:
+        p.error("--warmup and --min-seconds must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.amp and args.device != "cuda":
+        p.error("--amp needs --device cuda")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    s = Settings(device=device, batch_size=args.batch_size, meta_batch_size=args.meta_batch_size,
+                 warmup=args.warmup, repeats=args.repeats, slow_repeats=args.slow_repeats,
+                 min_seconds=args.min_seconds,
+                 block=args.block, amp=args.amp)
+    out = args.out or Path(__file__).parent / "results" / f"step_cost_{device.type}.json"
+    report: dict[str, Any] = {
+        "schema": SCHEMA, "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python benchmarks/step_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(device), "load_average_start": list(os.getloadavg()),
+        "settings": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(s).items()},
+        "weighter": "cmwnet K=3, hidden 100, normalization sum; families by k-means on long-tailed counts",
+        "results": [],
+    }
+    for section in args.sections:
+        for name in args.models:
+            row = run_pair(section, name, s)
+            report["results"].append(row)
+            print(f"{section:6s} {name:9s} ce {row['baseline_ms']['median']:9.2f} ms  "
+                  f"{row['variant']} {row['variant_ms']['median']:9.2f} ms  ratio {row['ratio']:.3f}  "
+                  f"(n={row['iterations']}, {row['seconds']} s)", flush=True)
+    report["load_average_end"] = list(os.getloadavg())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}  (load average start {report['load_average_start']}, "
+          f"end {report['load_average_end']})")
+    return report
+
+
+if __name__ == "__main__":
+    main()
