@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs
+from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs
 from weightzoo.artifact import load_weighter
 
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
@@ -87,8 +87,7 @@ def markdown(result: dict) -> str:
                 trends = [c["trend"] for c in row["curves"]]
                 gaps = [c["max_family_gap"] for c in row["curves"]]
                 shape = f"{trends[0]} (seed 0); max family gap {max(gaps):.3f}"
-            lines.append(f"| {method} | {pm(row['test_acc'])} | {pm(row['head_acc'])} | "
-                         f"{pm(row['medium_acc'])} | {pm(row['tail_acc'])} | {shape} |")
+            lines.append(f"| {method} | {accuracy_cells(row)} | {shape} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -73,3 +73,8 @@ def machine() -> dict[str, Any]:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def accuracy_cells(row: dict[str, Any]) -> str:
+    """Markdown cells 'test | head | medium | tail' (mean ± std, %) of a summary row."""
+    return " | ".join(pm(row[k]) for k in ("test_acc", "head_acc", "medium_acc", "tail_acc"))

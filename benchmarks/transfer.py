@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs
+from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs
 
 # target bias -> the zoo weighter trained on the matching bias (the general-purpose
 # mixed-noise CMW-Net is applied to every target as well)
@@ -86,8 +86,7 @@ def markdown(result: dict) -> str:
                   f"best baseline {100 * entry['gain_over_best_baseline']:+.2f} points)", "",
                   "| method | test acc | head | medium | tail |", "|---|---|---|---|---|"]
         for name, row in entry["rows"].items():
-            lines.append(f"| {name} | {pm(row['test_acc'])} | {pm(row['head_acc'])} | "
-                         f"{pm(row['medium_acc'])} | {pm(row['tail_acc'])} |")
+            lines.append(f"| {name} | {accuracy_cells(row)} |")
         lines.append("")
     return "\n".join(lines)
 

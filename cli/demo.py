@@ -24,7 +24,7 @@ from weightzoo.cli.train import ACC_COLUMNS
 @click.option("--recipe", default="digits-sym40-mwnet", show_default=True,
               help="Recipe that meta-trains the weighter.")
 @click.option("--target", default="mnist5k", show_default=True, help="Dataset to transfer to.")
-@click.option("--target-bias", default="symmetric:0.4", show_default=True,
+@click.option("--target-bias", default="pairflip:0.3", show_default=True,
               help="Bias injected into the target dataset.")
 @click.option("--target-epochs", type=int, default=15, show_default=True)
 @run_options

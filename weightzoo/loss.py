@@ -97,22 +97,27 @@ class WeightedLoss(nn.Module):
     def _classes_checked(self, classes: torch.Tensor, num_classes: int | None) -> torch.Tensor:
         classes = classes.long()
         limit = self.family_of_class.numel() or num_classes
-        if classes.numel() and limit and (int(classes.min()) < 0 or int(classes.max()) >= limit):
-            bad = classes[(classes < 0) | (classes >= limit)][0]
+        if not limit:
+            return classes
+        out_of_range = (classes < 0) | (classes >= limit)
+        if bool(out_of_range.any()):  # one host sync per batch; the error path pays the rest
+            bad = classes[out_of_range][0]
             raise ValueError(f"target class {int(bad)} is out of range for {limit} classes")
         return classes
 
     def weights(
-        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None
+        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
+        *, checked: bool = False,
     ) -> torch.Tensor:
         """Weights (B,) for per-sample losses (B,) of samples of classes (B,); no grad.
 
         num_classes: classes of the data, when neither the constructor nor families gave it.
+        checked: the caller has already range-checked ``classes`` (skips a host sync).
         """
         if losses.shape != classes.shape:
             raise ValueError(f"losses {tuple(losses.shape)} and classes {tuple(classes.shape)} differ")
         num_classes = self.num_classes or num_classes
-        classes = self._classes_checked(classes, num_classes)
+        classes = classes.long() if checked else self._classes_checked(classes, num_classes)
         if next(self.weighter.parameters()).device != losses.device:
             self.to(losses.device)  # the device follows the inputs
         families = self.family_of_class[classes] if self.family_of_class.numel() else None
@@ -121,10 +126,11 @@ class WeightedLoss(nn.Module):
         return torch.where(torch.isfinite(losses), weights, torch.zeros_like(weights))
 
     def weigh(
-        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None
+        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
+        *, checked: bool = False,
     ) -> torch.Tensor:
         """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
-        weights = self.weights(losses, classes, num_classes)
+        weights = self.weights(losses, classes, num_classes, checked=checked)
         self.last_weights = weights
         return reduce_weighted(losses.float(), weights, self.weighter.config.normalization)
 
@@ -144,7 +150,8 @@ class WeightedLoss(nn.Module):
         hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
         self._classes_checked(hard, logits.shape[1])
         soft = targets.float() if targets.dim() == 2 else targets
-        return self.weigh(per_sample_loss("ce", logits.float(), soft), hard, logits.shape[1])
+        losses = per_sample_loss("ce", logits.float(), soft)
+        return self.weigh(losses, hard, logits.shape[1], checked=True)
 
 
 def _resolve_counts(

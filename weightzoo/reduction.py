@@ -31,8 +31,8 @@ def weighted_terms(
     finite = torch.isfinite(losses)
     weights = torch.where(finite, weights, torch.zeros_like(weights))
     numerator = torch.where(finite, weights * losses, torch.zeros_like(losses)).sum()
-    if losses.numel() and not bool(finite.any()):
-        numerator = numerator * float("nan")
+    if losses.numel():  # all non-finite -> NaN, without a host sync
+        numerator = torch.where(finite.any(), numerator, torch.full_like(numerator, float("nan")))
     if mode == "mean":
         return numerator, torch.tensor(float(losses.numel()), device=losses.device)
     if mode == "sum":

@@ -71,7 +71,8 @@ class FrozenWeighting(Strategy):
         losses = per_sample_loss("ce", trainer.model(batch.x).float(), batch.y)
         if batch.warmup:
             return losses, None, "mean"
-        weights = self.criterion.weights(losses, batch.y, trainer.data.num_classes)
+        # labels were range-checked when the data was prepared
+        weights = self.criterion.weights(losses, batch.y, trainer.data.num_classes, checked=True)
         return losses, weights, self.weighter.config.normalization
 
 
