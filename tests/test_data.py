@@ -141,3 +141,21 @@ def test_unknown_spec_lists_known() -> None:
     with pytest.raises(ValueError, match="test_fraction"):
         load_dataset("digits", test_fraction=1.0)
     assert list_datasets() == list(DATASET_DESCRIPTIONS) and "digits" in list_datasets()
+
+
+def test_fashion_mnist_from_a_torchvision_layout_root(tmp_path) -> None:
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in FASHION_MNIST_DIR.glob("*.gz"):
+        (raw / path.name).symlink_to(path)
+    splits = load_dataset("fashion-mnist", root=tmp_path)
+    assert splits.source == str(raw)
+    assert splits.train_x.shape == (60000, 1, 28, 28)
+
+
+def test_mnist_root_without_files_says_how_to_get_them(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("WEIGHTZOO_ALLOW_DOWNLOAD", raising=False)
+    with pytest.raises(FileNotFoundError, match="WEIGHTZOO_ALLOW_DOWNLOAD=1"):
+        load_dataset("mnist", root=tmp_path)

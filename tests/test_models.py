@@ -84,4 +84,23 @@ def test_errors() -> None:
         build_model("torchvision:alexnet", 10, (1, 8, 8))
     with pytest.raises(ValueError, match="at least 4x4"):
         build_model("cnn", 10, (1, 3, 3))
-    assert list_models() == ["mlp", "cnn", "resnet32", "torchvision:NAME"]
+    assert list_models() == ["mlp", "cnn", "resnet32", "torchvision:NAME", "python:MODULE:FUNC"]
+
+
+def test_python_factory(tmp_path, monkeypatch) -> None:
+    (tmp_path / "my_models.py").write_text(
+        "import torch\n"
+        "def make(num_classes, input_shape, hidden=8):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden),\n"
+        "                               torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))\n"
+        "def not_a_module(num_classes, input_shape):\n"
+        "    return 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model("python:my_models:make", 10, (1, 8, 8), hidden=16)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert model[1].out_features == 16
+    with pytest.raises(ValueError, match="cannot import model factory"):
+        build_model("python:my_models:missing", 10, (1, 8, 8))
+    with pytest.raises(ValueError, match="not nn.Module"):
+        build_model("python:my_models:not_a_module", 10, (1, 8, 8))

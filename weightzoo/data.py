@@ -216,23 +216,39 @@ def _load_idx_set(files: list[Path], classes: list[str]) -> _Raw:
     return _Raw(x, y.astype(np.int64), tx, ty.astype(np.int64), classes, str(files[0].parent))
 
 
+def _idx_from_root(root: Path | None, torchvision_name: str) -> list[Path] | None:
+    """The idx files in ``root`` or in its torchvision layout (``root/NAME/raw``); with
+    ``WEIGHTZOO_ALLOW_DOWNLOAD=1`` torchvision downloads them there when missing."""
+    if root is None:
+        return None
+    candidates = [root, root / torchvision_name / "raw"]
+    files = next((f for f in map(_find_idx, candidates) if f), None)
+    if files is None and os.environ.get(ALLOW_DOWNLOAD_ENV) == "1":
+        from torchvision import datasets
+
+        getattr(datasets, torchvision_name)(str(root), train=True, download=True)
+        files = _find_idx(candidates[1])
+    return files
+
+
 def _load_fashion_mnist(root: Path | None) -> _Raw:
-    for directory in ([root] if root else []) + [FASHION_MNIST_DIR]:
-        files = _find_idx(directory)
-        if files:
-            return _load_idx_set(files, FASHION_MNIST_CLASSES)
+    files = _idx_from_root(root, "FashionMNIST") or _find_idx(FASHION_MNIST_DIR)
+    if files:
+        return _load_idx_set(files, FASHION_MNIST_CLASSES)
     raise FileNotFoundError(
-        "fashion-mnist idx files not found; run `apt-get install dataset-fashion-mnist` or pass "
-        f"root= a directory with {', '.join(f + '.gz' for f in IDX_FILES)}"
+        "fashion-mnist idx files not found; run `apt-get install dataset-fashion-mnist`, pass "
+        f"root= a directory with {', '.join(f + '.gz' for f in IDX_FILES)}, or set "
+        f"{ALLOW_DOWNLOAD_ENV}=1 with a root to let torchvision download them"
     )
 
 
 def _load_mnist(root: Path | None) -> _Raw:
     if root is not None:
-        files = _find_idx(root)
+        files = _idx_from_root(root, "MNIST")
         if files is None:
             raise FileNotFoundError(
-                f"mnist idx files not found in {root}; expected {', '.join(IDX_FILES)} (.gz ok)"
+                f"mnist idx files not found in {root}; expected {', '.join(IDX_FILES)} (.gz ok), "
+                f"or set {ALLOW_DOWNLOAD_ENV}=1 to let torchvision download them there"
             )
         return _load_idx_set(files, DIGIT_CLASSES)
     path = _package_file("mnist", "data/mnist.pkl.gz",

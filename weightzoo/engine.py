@@ -334,9 +334,7 @@ class Trainer:
         }
 
     def _check_same_run(self, path: Path, state: dict[str, Any], strategy: Strategy) -> None:
-        saved = state.get("run")
-        if saved is None:  # a checkpoint from before run identities were recorded
-            return
+        saved = state.get("run") or {}
         current = self._run_identity(strategy)
         differ = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
         if differ:
