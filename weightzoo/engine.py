@@ -13,6 +13,7 @@ import hashlib
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,24 +84,24 @@ class Batch:
     warmup: bool
 
 
-class Strategy:
-    """Per-sample losses and weights for a batch.  Subclasses override ``losses``."""
+class Strategy(ABC):
+    """Per-sample losses and weights for a batch.  Subclasses implement ``losses``."""
 
     name = "strategy"
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: Trainer) -> None:  # noqa: B027 - optional hook
         """Called once before training (and before a checkpoint's state is loaded)."""
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called at the start of every epoch (e.g. to rebuild a meta set)."""
 
+    @abstractmethod
     def losses(
         self, trainer: Trainer, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         """(losses (B,), weights (B,) or None for the plain mean, normalisation mode)."""
-        raise NotImplementedError
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: Trainer) -> None:  # noqa: B027 - optional hook
         """Called after every real optimizer step."""
 
     def epoch_metrics(self) -> dict[str, float]:
@@ -110,7 +111,7 @@ class Strategy:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``state_dict`` returned."""
 
 
