@@ -96,7 +96,7 @@ def _as_distribution(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 def _check_hard(logits: torch.Tensor, targets: torch.Tensor) -> None:
     if targets.shape[0] != logits.shape[0]:
         raise ValueError(f"{targets.shape[0]} targets for {logits.shape[0]} logits")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+    if bool(((targets < 0) | (targets >= logits.shape[1])).any()):  # one host sync
         raise ValueError(f"target labels must be in [0, {logits.shape[1]})")
 
 
