@@ -184,13 +184,9 @@ def make_strategy(recipe: Recipe, data: PreparedData) -> tuple[Strategy, CMWNet 
 
 
 def _weighter_metadata(
-    recipe: Recipe, data: PreparedData, metrics: dict[str, Any], command: str | None,
-    baseline: dict[str, Any] | None,
+    recipe: Recipe, data: PreparedData, families: TaskFamilies, metrics: dict[str, Any],
+    command: str | None, baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    families = TaskFamilies.fit(
-        data.train.class_counts, recipe.method.num_families if recipe.method.name == "cmwnet" else 1,
-        seed=recipe.seed,
-    )
     bias = data.bias.report
     return json_safe({
         "name": recipe.name, "description": recipe.description,
@@ -199,7 +195,7 @@ def _weighter_metadata(
         "method": {"name": recipe.method.name, "meta": asdict(recipe.meta),
                    "schedule": asdict(recipe.schedule), "model": recipe.model},
         "families": {"centers": list(families.centers),
-                     "family_of_class": families.family_of_class.tolist()},
+                     "family_of_class": families.family_of_class.cpu().tolist()},
         "metrics": {k: v for k, v in metrics.items() if k != "per_class_acc"},
         "baseline": baseline or {}, "command": command, "seed": recipe.seed,
     })
@@ -234,7 +230,10 @@ def train_recipe(
     history = trainer.fit(strategy, resume=resume)
     metrics = final_metrics(history)
     if weighter is not None:
-        weighter.config.metadata = _weighter_metadata(recipe, data, metrics, command, baseline)
+        assert isinstance(strategy, MetaWeighting) and strategy.families is not None
+        weighter.config.metadata = _weighter_metadata(
+            recipe, data, strategy.families, metrics, command, baseline
+        )
         save_weighter(weighter.cpu(), out / WEIGHTER_DIR)
         shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, out / CURVE_NAME)
     write_json(out / RUN_NAME, {
