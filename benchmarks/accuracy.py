@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs
-from weightzoo.artifact import load_weighter
+from weightzoo.artifact.format import load_artifact
 
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
 METHODS = ["ce", "focal", "gce", "sce", "class-balanced", "mwnet", "cmwnet"]
@@ -27,7 +27,7 @@ METHODS = ["ce", "focal", "gce", "sce", "class-balanced", "mwnet", "cmwnet"]
 
 def curve_shape(weighter_dir: Path) -> dict[str, object]:
     """Weight per family at loss 0.1 ln C and 2 ln C, and the largest gap between families."""
-    weighter = load_weighter(weighter_dir)
+    weighter = load_artifact(weighter_dir)
     c = weighter.config.source_num_classes
     grid = torch.linspace(0, 3 * torch.log(torch.tensor(float(c))), 31)
     curves = weighter.curve(grid)  # (31, K)

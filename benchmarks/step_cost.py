@@ -43,13 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightzoo.families import TaskFamilies
-from weightzoo.loss import WeightedLoss
 from weightzoo.losses import per_sample_loss
-from weightzoo.meta import meta_step, weigh
+from weightzoo.methods.meta_weighting import weighting_meta_step
 from weightzoo.models import build_model
-from weightzoo.reduction import reduce_weighted
-from weightzoo.weighters import CMWNet
+from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.weighted_loss import WeightedLoss
 
 SCHEMA = "weightzoo.step_cost/1"
 NUM_CLASSES = 10
@@ -143,21 +142,17 @@ def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches) 
     opt = sgd(model, s)
     weighter = CMWNet(num_families=3).to(s.device)
     weighter_opt = torch.optim.Adam(weighter.parameters(), lr=s.meta_lr)
-    families = TaskFamilies.fit(long_tail_counts(), 3).to(s.device)
-    normalization = weighter.config.normalization
+    weighting = SampleWeighting.fit(weighter, long_tail_counts()).to(s.device)
 
     def step(i: int) -> None:
         x, y = data[i % len(data)]
         meta_x, meta_y = meta[i % len(meta)]
-        fam = families(y)
-        meta_step(
-            model, weighter, weighter_opt, x, y, meta_x, meta_y, lr=s.lr, families=fam,
-            num_classes=NUM_CLASSES, normalization=normalization, optimizer=opt,
-        )
+        weighting_meta_step(model, weighting, weighter_opt, x, y, meta_x, meta_y, lr=s.lr,
+                            optimizer=opt)
         with autocast(s):
             logits = model(x)
         losses = per_sample_loss("ce", logits.float(), y)
-        loss = reduce_weighted(losses, weigh(weighter, losses, fam, NUM_CLASSES), normalization)
+        loss = weighting.reduce(losses, weighting.weights(losses, y, checked=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from weightzoo.cli.options import baseline_option, command_line, echo_json, format_table, run_options
+from weightzoo.cli import options
 from weightzoo.cli.train import ACC_COLUMNS
-from weightzoo.engine import Schedule
+from weightzoo.training.engine import Schedule
 
 
 def default_milestones(epochs: int) -> list[int]:
@@ -44,13 +44,14 @@ def default_warmup(epochs: int) -> int:
 @click.option("--resume", is_flag=True, help="Continue the runs in OUT from their checkpoints.")
 @click.option("--weights-report", is_flag=True,
               help="Write OUT/weights.csv: every training sample's weight, with noisy flags.")
-@baseline_option
-@run_options
+@options.overwrite_option
+@options.baseline_option
+@options.run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
           epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
-          augment: bool, revision: str | None, out: Path, resume: bool, weights_report: bool,
-          baselines: tuple[str, ...], device: str, seed: int | None, as_json: bool,
-          no_progress: bool) -> None:
+          augment: bool, revision: str | None, out: Path, resume: bool, overwrite: bool,
+          weights_report: bool, baselines: tuple[str, ...], device: str, seed: int | None,
+          as_json: bool, no_progress: bool) -> None:
     """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
     and with each --baseline on identical data, model, schedule and seed."""
     from weightzoo.distributed import rank_and_world
@@ -66,16 +67,16 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
     result = apply_weighter(
         weighter, out, dataset=dataset, bias=bias, model={"name": model_name}, schedule=schedule,
         seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,
-        progress=not no_progress, weights_report=weights_report, revision=revision,
-        command=command_line(),
+        overwrite=overwrite, progress=not no_progress, weights_report=weights_report, revision=revision,
+        command=options.command_line(),
     )
     if rank_and_world()[0] != 0:
         return
     if as_json:
-        echo_json(result)
+        options.echo_json(result)
         return
     click.echo(f"{weighter} applied to {dataset} with bias {bias} ({model_name}, {epochs} epochs)")
-    click.echo(format_table([{"method": m, **r} for m, r in result["runs"].items()], ACC_COLUMNS))
+    click.echo(options.format_table([{"method": m, **r} for m, r in result["runs"].items()], ACC_COLUMNS))
     if result["gain_over_ce"] is not None:
         click.echo(f"gain over CE: {100 * result['gain_over_ce']:+.2f} points")
     if "weights" in result:

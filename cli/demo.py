@@ -31,9 +31,9 @@ from weightzoo.cli.train import ACC_COLUMNS
 def demo(out: Path, recipe: str, target: str, target_bias: str, target_epochs: int,
          device: str, seed: int | None, as_json: bool, no_progress: bool) -> None:
     """Meta-train a weighter on digits, then transfer it to MNIST-5k; print gains over CE."""
-    from weightzoo.engine import Schedule
     from weightzoo.pipeline import WEIGHTER_DIR, apply_weighter, train_with_baselines
     from weightzoo.recipe import load_recipe
+    from weightzoo.training.engine import Schedule
 
     resolved = load_recipe(recipe, [f"seed={seed}"] if seed is not None else [])
     trained = train_with_baselines(resolved, out / "train", ("ce",), device=device, resume=True,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from weightzoo import hub, zoo
-from weightzoo.artifact import read_config
-from weightzoo.plotting import family_names, plot_curves
+from weightzoo.artifact import hub, zoo
+from weightzoo.artifact.curve import curve_table, plot_curves
+from weightzoo.artifact.format import CONFIG_NAME, read_config
+from weightzoo.atomic import is_temporary
 
 
 @click.command()
@@ -23,16 +24,10 @@ def show(name: str, revision: str | None, num_classes: int | None, points: int,
          as_json: bool) -> None:
     """Config, families and the weight at a grid of losses per family."""
     path = hub.resolve(name, revision=revision)
-    weighter = hub.load_pretrained_weighter(path)
-    losses = weighter.loss_grid(points, num_classes)
-    weights = weighter.curve(losses, num_classes)
-    names = family_names(weighter.num_families)
-    report = {
-        "name": name, "path": str(path), "config": weighter.config.to_dict(),
-        "curve": {"loss": [round(v, 6) for v in losses.tolist()],
-                  "weights": {n: [round(v, 6) for v in weights[:, k].tolist()]
-                              for k, n in enumerate(names)}},
-    }
+    weighter = hub.load_pretrained(path)
+    table = curve_table(weighter, points, num_classes)
+    report = {"name": name, "path": str(path), "config": weighter.config.to_dict(),
+              "curve": table.to_dict()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -49,9 +44,8 @@ def show(name: str, revision: str | None, num_classes: int | None, points: int,
         click.echo(f"  family centres (source): {meta['families'].get('centers')}")
     if meta.get("metrics"):
         click.echo(f"  metrics: {json.dumps(meta['metrics'])}")
-    click.echo("  " + "loss".rjust(8) + "".join(n.rjust(16) for n in names))
-    for i, loss in enumerate(losses.tolist()):
-        click.echo("  " + f"{loss:8.3f}" + "".join(f"{w:16.3f}" for w in weights[i].tolist()))
+    for line in table.text().splitlines():
+        click.echo("  " + line)
 
 
 @click.command()
@@ -65,7 +59,7 @@ def show(name: str, revision: str | None, num_classes: int | None, points: int,
 def plot(name: str, out: Path, revision: str | None, num_classes: int | None,
          width: int, height: int) -> None:
     """Plot weight vs loss, one curve per family, to a PNG."""
-    weighter = hub.load_pretrained_weighter(name, revision=revision)
+    weighter = hub.load_pretrained(name, revision=revision)
     plot_curves(weighter, out, num_classes, width_px=width, height_px=height)
     click.echo(str(out))
 
@@ -82,10 +76,12 @@ def list_cmd(directory: Path | None, zoo_path: Path | None, as_json: bool) -> No
         if not directory.is_dir():
             raise click.BadParameter(f"{directory} is not a directory")
         rows += [_row("dir", p.name, p) for p in sorted(directory.iterdir())
-                 if (p / "config.json").is_file()]
+                 if not is_temporary(p.name) and (p / CONFIG_NAME).is_file()]
     root = zoo.zoo_root(zoo_path)
-    if root is not None and root.is_dir():
-        for entry in sorted(p for p in root.glob("*/*") if p.is_dir()):
+    if root is not None and not root.is_dir():
+        raise click.BadParameter(f"{root} is not a directory", param_hint="--zoo")
+    if root is not None:
+        for entry in sorted(p for p in root.glob("*/*") if p.is_dir() and not is_temporary(p.name)):
             name = f"{entry.parent.name}/{entry.name}"
             for v in zoo.versions(root, name):
                 rows.append(_row("zoo", f"{name}@v{v}", entry / f"v{v:04d}"))

@@ -11,7 +11,7 @@ from weightzoo.cli.apply import apply
 from weightzoo.cli.demo import demo
 from weightzoo.cli.inspect import list_cmd, plot, show
 from weightzoo.cli.push import push
-from weightzoo.cli.train import recipes, train
+from weightzoo.cli.train import methods, recipes, train
 
 
 class WeightzooGroup(click.Group):
@@ -40,7 +40,7 @@ def cli() -> None:
     """Learned sample-weighting functions (MW-Net, CMW-Net) for robust training."""
 
 
-for command in (demo, train, apply, push, show, plot, list_cmd, recipes):
+for command in (demo, train, apply, push, show, plot, list_cmd, recipes, methods):
     cli.add_command(command)
 
 if __name__ == "__main__":

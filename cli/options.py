@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from weightzoo.losses import LOSS_NAMES
+from weightzoo.methods.registry import method_names
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,7 +26,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 baseline_option = click.option(
-    "--baseline", "baselines", multiple=True, type=click.Choice(LOSS_NAMES),
+    "--baseline", "baselines", multiple=True, type=click.Choice(method_names(baseline=True)),
     help="Also train this baseline on identical data, model, schedule and seed (repeatable).",
 )
 
@@ -36,8 +36,14 @@ def command_line() -> str:
     return "weightzoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace a previous run in OUT (default: refuse; --resume continues it).",
+)
+
+
 def echo_json(data: Any) -> None:
-    from weightzoo.pipeline import json_safe
+    from weightzoo.atomic import json_safe
 
     click.echo(json.dumps(json_safe(data), indent=2))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from weightzoo import hub, zoo
+from weightzoo.artifact import hub, zoo
 
 FILE_SCHEME = "file://"
 

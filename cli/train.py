@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
-from weightzoo.cli.options import baseline_option, command_line, echo_json, format_table, run_options
+from weightzoo.cli.options import (
+    baseline_option,
+    command_line,
+    echo_json,
+    format_table,
+    overwrite_option,
+    run_options,
+)
+from weightzoo.methods.registry import method_names, method_spec
 from weightzoo.pipeline import train_with_baselines
 from weightzoo.recipe import builtin_recipes, load_recipe
 
@@ -22,11 +31,12 @@ ACC_COLUMNS = [("method", "method"), ("test_acc", "test acc %"), ("best_test_acc
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set meta.meta_lr=1e-4 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@overwrite_option
 @baseline_option
 @run_options
 def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...], resume: bool,
-          baselines: tuple[str, ...], device: str, seed: int | None, as_json: bool,
-          no_progress: bool) -> None:
+          overwrite: bool, baselines: tuple[str, ...], device: str, seed: int | None,
+          as_json: bool, no_progress: bool) -> None:
     """Meta-train a weighter (or train a baseline) as RECIPE describes.
 
     RECIPE is a shipped recipe name or a TOML file; shipped recipes:
@@ -40,7 +50,7 @@ def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...]
     resolved = load_recipe(recipe, extra)
     results = train_with_baselines(
         resolved, out, tuple(b for b in baselines if b != resolved.method.name), device=device,
-        resume=resume, progress=not no_progress, command=command_line(),
+        resume=resume, overwrite=overwrite, progress=not no_progress, command=command_line(),
     )
     if as_json:
         echo_json({"recipe": resolved.name, "out": str(out), "results": results})
@@ -49,7 +59,7 @@ def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...]
     click.echo(f"{resolved.name}: {resolved.data.dataset} with bias {resolved.data.bias}, "
                f"model {resolved.model['name']}, seed {resolved.seed}")
     click.echo(format_table(rows, ACC_COLUMNS))
-    if resolved.is_meta:
+    if resolved.method.spec.publishes:
         click.echo(f"weighter: {out / 'weighter'}  (curve: {out / 'curve.png'})")
 
 
@@ -67,3 +77,20 @@ def recipes(as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']:36} {row['method']:8} {row['description']}")
+
+
+@click.command("methods")
+@click.option("--json", "as_json", is_flag=True)
+def methods(as_json: bool) -> None:
+    """List the registered training methods and their [method] keys."""
+    rows = []
+    for name in method_names():
+        spec = method_spec(name)
+        rows.append({"name": name, "description": spec.description, "baseline": spec.baseline,
+                     "publishes": spec.publishes,
+                     "keys": [f.name for f in dataclasses.fields(spec.config_class)]})
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']:16} {row['description']}  [{', '.join(row['keys']) or '-'}]")

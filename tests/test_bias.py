@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightzoo.bias import (
+from weightzoo.data.bias import (
     DEFAULT_CLASS_MAPS,
     BiasSpec,
     BiasStage,
@@ -16,7 +16,7 @@ from weightzoo.bias import (
     longtail_counts,
     reference_posterior,
 )
-from weightzoo.data import DataSplits, load_dataset
+from weightzoo.data.sources import DataSplits, load_dataset
 
 
 @pytest.fixture(scope="module")

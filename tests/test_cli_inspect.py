@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from weightzoo import zoo
-from weightzoo.artifact import save_weighter
+from weightzoo.artifact import zoo
+from weightzoo.artifact.format import save_artifact
 from weightzoo.cli.main import cli
-from weightzoo.weighters import CMWNet
+from weightzoo.weighting.nets import CMWNet
 
 METADATA = {
     "source": {"dataset": "digits", "bias": "longtail-50"},
@@ -26,7 +26,7 @@ def weighters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(zoo.ZOO_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    save_weighter(CMWNet(metadata=METADATA), tmp_path / "dir" / "w", curve=False)
+    save_artifact(CMWNet(metadata=METADATA), tmp_path / "dir" / "w", curve=False)
     (tmp_path / "dir" / "not-a-weighter").mkdir()
     return tmp_path / "dir"
 

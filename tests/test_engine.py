@@ -11,11 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from weightzoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from weightzoo.data import load_dataset
-from weightzoo.engine import Batch, Schedule, Strategy, Trainer, TrainingSet, accuracy_report
-from weightzoo.strategies import FrozenWeighting, MetaConfig, MetaWeighting, PlainLoss
-from weightzoo.weighters import CMWNet, MWNet
+from weightzoo.data.sources import load_dataset
+from weightzoo.methods.base import Batch, Method, StepOutput
+from weightzoo.methods.frozen import FrozenWeighting
+from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
+from weightzoo.methods.plain import PlainLoss
+from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from weightzoo.training.engine import Schedule, Trainer, TrainingSet, accuracy_report
+from weightzoo.training.views import crop_flip
+from weightzoo.weighting.nets import CMWNet, MWNet
+from weightzoo.weighting.reduction import LossTerm
 
 # ----------------------------------------------------------------------------------------
 # helpers
@@ -64,9 +69,10 @@ def meta_strategy(source: str, meta: tuple[torch.Tensor, torch.Tensor] | None,
     if source == "train":
         config = MetaConfig(meta_lr=1e-2, meta_batch_size=40, source="train", per_class=4,
                             mixup_alpha=1.0, ema_decay=0.9)
-        return MetaWeighting(weighter, config)
+        return MetaWeighting(MetaWeightingConfig(meta=config), weighter=weighter)
     config = MetaConfig(meta_lr=1e-2, meta_batch_size=40)
-    return MetaWeighting(weighter, config, meta[0], meta[1])
+    return MetaWeighting(MetaWeightingConfig(meta=config), weighter=weighter, meta_x=meta[0],
+                         meta_y=meta[1])
 
 
 STRATEGIES = {
@@ -77,7 +83,7 @@ STRATEGIES = {
 }
 
 
-def run(data: TrainingSet, strategy: Strategy, sched: Schedule, out: Path | None,
+def run(data: TrainingSet, strategy: Method, sched: Schedule, out: Path | None,
         resume: bool = False, record: bool = False, bn: bool = False) -> Trainer:
     torch.manual_seed(123)  # the global RNG (meta batches, mixup) starts equal in every run
     trainer = Trainer(mlp(bn=bn), data, sched, device="cpu", seed=7, out_dir=out,
@@ -124,8 +130,9 @@ def test_resume_is_bit_identical(name: str, digits: TrainingSet, meta_set, tmp_p
         if straight_strategy.ema is not None:
             assert_same_tensors(straight_strategy.ema.module.state_dict(),
                                 resumed_strategy.ema.module.state_dict())
-            assert torch.equal(straight_strategy.meta_index, resumed_strategy.meta_index)
-            assert len(resumed_strategy.meta_index) == 4 * 10
+            assert torch.equal(straight_strategy.meta_y, resumed_strategy.meta_y)
+            assert torch.equal(straight_strategy.meta_x, resumed_strategy.meta_x)
+            assert len(resumed_strategy.meta_y) == 4 * 10
 
 
 def test_resume_of_a_finished_run_only_reloads(digits: TrainingSet, tmp_path: Path) -> None:
@@ -151,7 +158,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(digits: TrainingSet, tmp_pat
     cases = [
         (relabelled, PlainLoss(), schedule(2), "labels"),
         (digits, PlainLoss(), schedule(2, lr=0.05), "schedule"),
-        (digits, PlainLoss("gce"), schedule(2), "strategy"),
+        (digits, PlainLoss("gce"), schedule(2), "method"),
     ]
     for data, strategy, sched, differs in cases:
         with pytest.raises(ValueError, match=f"different run \\({differs} differ") as info:
@@ -207,12 +214,12 @@ def test_failed_checkpoint_write_keeps_the_old_one(tmp_path: Path) -> None:
 # non-finite losses
 
 
-class NaNLoss(Strategy):
+class NaNLoss(Method):
     name = "nan"
 
-    def losses(self, trainer: Trainer, batch: Batch):
+    def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         logits = trainer.model(batch.x)
-        return logits.sum(1) * float("nan"), None, "mean"
+        return StepOutput({"nan": LossTerm(logits.sum(1) * float("nan"))})
 
 
 def test_nan_loss_raises_floating_point_error(digits: TrainingSet) -> None:
@@ -249,18 +256,20 @@ def test_warmup_batches_get_no_weights(digits: TrainingSet, meta_set) -> None:
     x, y = digits.x[:8], digits.y[:8]
     trainer = Trainer(mlp(), digits, schedule(1, warmup_epochs=1), device="cpu", progress=False)
     meta = meta_strategy("clean", meta_set)
-    frozen = FrozenWeighting(MWNet(hidden=8).requires_grad_(False))
+    frozen = FrozenWeighting(weighter=MWNet(hidden=8).requires_grad_(False))
     for strategy in (meta, frozen):
         strategy.setup(trainer)
         for warmup in (True, False):
             batch = Batch(x=x, y=y, index=torch.arange(8), epoch=0, iteration=0, lr=0.1,
                           warmup=warmup)
-            losses, weights, _ = strategy.losses(trainer, batch)
-            assert losses.shape == (8,)
+            output = strategy.step(trainer, batch)
+            (term,) = output.terms.values()
+            assert term.losses.shape == (8,)
             if warmup:
-                assert weights is None
+                assert output.weights is None and term.weights is None
             else:
-                assert weights is not None and weights.shape == (8,)
+                assert output.weights is not None and output.weights.shape == (8,)
+                assert term.weights is output.weights
 
 
 def test_warmup_epochs_train_with_the_plain_mean(digits: TrainingSet, meta_set) -> None:
@@ -324,7 +333,7 @@ def test_evaluate_matches_predictions(digits: TrainingSet) -> None:
 def test_record_weights_covers_every_sample(name: str, digits: TrainingSet, meta_set) -> None:
     if name == "frozen":
         torch.manual_seed(0)
-        strategy: Strategy = FrozenWeighting(MWNet(hidden=8).requires_grad_(False))
+        strategy: Method = FrozenWeighting(weighter=MWNet(hidden=8).requires_grad_(False))
     else:
         strategy = meta_strategy("clean", meta_set, kind="cmwnet")
     trainer = run(digits, strategy, schedule(1), None, record=True)
@@ -366,27 +375,33 @@ def test_meta_step_leaves_batchnorm_stats_to_the_real_forward(digits: TrainingSe
 # augmentation
 
 
-def test_augment_keeps_shapes_and_values() -> None:
-    images = TrainingSet(x=torch.rand(20, 1, 28, 28) + 1.0, y=torch.arange(20) % 2,
-                         test_x=torch.rand(4, 1, 28, 28), test_y=torch.tensor([0, 1, 0, 1]),
-                         num_classes=2)
-    trainer = Trainer(mlp(), images, Schedule(epochs=1, augment=True), device="cpu", progress=False)
+def test_crop_flip_keeps_shapes_and_values() -> None:
     torch.manual_seed(0)
-    x = images.x[:8]
-    out = trainer._augment(x)
+    x = torch.rand(8, 1, 28, 28) + 1.0
+    out = crop_flip(x)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert not torch.equal(out, x)
     # every pixel is zero padding or a pixel of the same image
     for a, b in zip(out, x, strict=True):
         values = set(b.flatten().tolist()) | {0.0}
         assert set(a.flatten().tolist()) <= values
-    # small images and vectors pass through unchanged; so does everything without augment
+    # small images and vectors pass through unchanged
     small = torch.rand(3, 1, 8, 8)
-    assert trainer._augment(small) is small
+    assert crop_flip(small) is small
     flat = torch.rand(3, 64)
-    assert trainer._augment(flat) is flat
-    plain = Trainer(mlp(), images, Schedule(epochs=1), device="cpu", progress=False)
-    assert plain._augment(x) is x
+    assert crop_flip(flat) is flat
+
+
+def test_the_labelled_view_follows_schedule_augment() -> None:
+    images = TrainingSet(x=torch.rand(20, 1, 28, 28) + 1.0, y=torch.arange(20) % 2,
+                         test_x=torch.rand(4, 1, 28, 28), test_y=torch.tensor([0, 1, 0, 1]),
+                         num_classes=2)
+    index = torch.arange(8)
+    for augment in (True, False):
+        trainer = Trainer(mlp(), images, Schedule(epochs=1, augment=augment), device="cpu",
+                          progress=False)
+        batch = PlainLoss().collate(trainer, index, epoch=0, iteration=0, lr=0.1, warmup=False)
+        assert torch.equal(batch.x, images.x[index]) != augment
 
 
 def test_fit_with_augment(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from weightzoo import MWNet, save_weighter
+from weightzoo import MWNet, save_artifact
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -21,7 +21,7 @@ def run_example(script: str, *args: str, timeout: float = 120) -> subprocess.Com
 
 
 def test_user_loop_with_a_weighter_directory(tmp_path: Path) -> None:
-    save_weighter(MWNet(), tmp_path / "weighter")
+    save_artifact(MWNet(), tmp_path / "weighter")
     result = run_example("user_loop.py", str(tmp_path / "weighter"), "--epochs", "2", "--warmup-epochs", "1")
     assert result.returncode == 0, result.stderr
     accuracies = re.findall(r"clean test accuracy, (CE|weighted \(.+\)): (\d+\.\d+)%", result.stdout)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightzoo.families import TaskFamilies, class_counts
+from weightzoo.weighting.families import TaskFamilies, class_counts
 
 COUNTS = [5, 6, 50, 52, 500, 510]
 

@@ -13,12 +13,12 @@ from click.testing import CliRunner, Result
 from hub_server import HubSession
 from huggingface_hub import ModelCard
 
-from weightzoo import hub, zoo
-from weightzoo.artifact import CARD_NAME, CURVE_NAME, WEIGHTS_NAME, save_weighter
-from weightzoo.card import card_tags
+from weightzoo.artifact import hub, zoo
+from weightzoo.artifact.card import card_tags
+from weightzoo.artifact.format import CARD_NAME, CURVE_NAME, WEIGHTS_NAME, save_artifact
 from weightzoo.cli.main import cli
-from weightzoo.loss import WeightedLoss
-from weightzoo.weighters import CMWNet
+from weightzoo.weighting.nets import CMWNet, MWNet
+from weightzoo.weighting.weighted_loss import WeightedLoss
 
 REPO = "zoo-org/cmwnet-digits"
 METADATA = {"name": "cmwnet-digits", "source": {"dataset": "digits", "bias": "longtail-50+symmetric-0.2"}}
@@ -40,7 +40,7 @@ def _weighter(seed: int) -> CMWNet:
 
 def _save(tmp_path: Path, seed: int, curve: bool = False) -> tuple[Path, CMWNet]:
     weighter = _weighter(seed)
-    return save_weighter(weighter, tmp_path / f"w{seed}", curve=curve), weighter
+    return save_artifact(weighter, tmp_path / f"w{seed}", curve=curve), weighter
 
 
 def _run(*args: str | Path) -> Result:
@@ -255,3 +255,18 @@ def test_not_found_lists_every_place(local_hub: HubSession, tmp_path: Path,
     assert result.exit_code == 1
     assert result.stderr.startswith("error: weighter 'nobody/nothing' not found; looked in:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hub_convention_on_the_weighter_itself(local_hub: HubSession, tmp_path: Path) -> None:
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` as PyTorchModelHubMixin gives them."""
+    weighter = _weighter(seed=3)
+    directory = weighter.save_pretrained(tmp_path / "mine")
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        ["config.json", CARD_NAME, WEIGHTS_NAME, CURVE_NAME])
+    assert _same(CMWNet.from_pretrained(directory), weighter)
+    info = weighter.push_to_hub(REPO, message="from the object")
+    assert local_hub.server.commits(REPO)[-1].message == "from the object"
+    loaded = CMWNet.from_pretrained(f"{REPO}@{info.oid}")
+    assert type(loaded) is CMWNet and _same(loaded, weighter) and not loaded.training
+    with pytest.raises(TypeError, match="not a MWNet"):
+        MWNet.from_pretrained(directory)  # a CMW-Net artifact is not an MW-Net

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weightzoo.artifact import save_weighter
-from weightzoo.families import TaskFamilies
-from weightzoo.loss import WeightedLoss
-from weightzoo.reduction import reduce_weighted
-from weightzoo.weighters import CMWNet, MWNet
+from weightzoo.artifact.format import save_artifact
+from weightzoo.weighting.families import TaskFamilies
+from weightzoo.weighting.nets import CMWNet, MWNet
+from weightzoo.weighting.reduction import reduce_weighted
+from weightzoo.weighting.weighted_loss import WeightedLoss
 
 COUNTS = [5, 6, 50, 52, 500, 510]
 FAMILY_OF_CLASS = torch.tensor([0, 0, 1, 1, 2, 2])  # what k-means gives on COUNTS
@@ -142,7 +142,7 @@ def test_weigh_arbitrary_per_sample_loss() -> None:
     crit = _criterion()
     pred = torch.randn(len(TARGETS), 3, generator=torch.Generator().manual_seed(3), requires_grad=True)
     per_sample = (pred**2).mean(1)  # e.g. a regression loss
-    loss = crit.weigh(per_sample, TARGETS)
+    loss = crit.reduce_losses(per_sample, TARGETS)
     v = _expected_weights(crit, per_sample, TARGETS)
     torch.testing.assert_close(loss, (v * per_sample).sum() / v.sum())
     torch.testing.assert_close(crit.weights(per_sample, TARGETS), v)
@@ -150,7 +150,7 @@ def test_weigh_arbitrary_per_sample_loss() -> None:
     loss.backward()
     assert pred.grad is not None
     with pytest.raises(ValueError, match="differ"):
-        crit.weigh(per_sample[:3], TARGETS)
+        crit.reduce_losses(per_sample[:3], TARGETS)
 
 
 def test_last_weights_follow_each_call() -> None:
@@ -184,7 +184,7 @@ def test_non_finite_per_sample_losses_in_weigh() -> None:
     crit = _criterion("mean")
     losses = torch.tensor([float("nan"), 1.0, float("inf"), 2.0], requires_grad=True)
     classes = torch.tensor([0, 2, 4, 5])
-    loss = crit.weigh(losses, classes)
+    loss = crit.reduce_losses(losses, classes)
     v = _expected_weights(crit, losses, classes)
     assert crit.last_weights is not None
     assert crit.last_weights[[0, 2]].tolist() == [0.0, 0.0]
@@ -195,7 +195,7 @@ def test_non_finite_per_sample_losses_in_weigh() -> None:
 
 def test_all_nan_gives_nan() -> None:
     crit = _criterion()
-    loss = crit.weigh(torch.full((4,), float("nan")), torch.tensor([0, 1, 2, 3]))
+    loss = crit.reduce_losses(torch.full((4,), float("nan")), torch.tensor([0, 1, 2, 3]))
     assert bool(torch.isnan(loss))
 
 
@@ -207,7 +207,7 @@ def test_targets_out_of_range(bad: int) -> None:
     with pytest.raises(ValueError, match=f"target class {bad} is out of range for 6 classes"):
         crit(_logits(), targets)
     with pytest.raises(ValueError, match="out of range"):
-        crit.weigh(torch.ones(len(TARGETS)), targets)
+        crit.reduce_losses(torch.ones(len(TARGETS)), targets)
 
 
 def test_logits_width_must_match_classes() -> None:
@@ -271,7 +271,7 @@ def test_class_without_samples() -> None:
 
 def test_from_pretrained_with_labels_and_counts(tmp_path: Path) -> None:
     weighter = _weighter()
-    directory = save_weighter(weighter, tmp_path / "w", curve=False)
+    directory = save_artifact(weighter, tmp_path / "w", curve=False)
     labels = np.repeat(np.arange(C), COUNTS)
     by_labels = WeightedLoss.from_pretrained(str(directory), labels=labels)
     by_counts = WeightedLoss.from_pretrained(directory, class_counts=torch.tensor(COUNTS))

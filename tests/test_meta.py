@@ -7,12 +7,29 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from weightzoo.meta import LookaheadConfig, lookahead, meta_gradient, meta_step, weigh
-from weightzoo.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices, mixup
-from weightzoo.reduction import reduce_weighted
-from weightzoo.weighters import CMWNet, MWNet
+from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
+from weightzoo.bilevel.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices, mixup
+from weightzoo.methods.meta_weighting import weighting_meta_gradient, weighting_meta_step
+from weightzoo.weighting.families import TaskFamilies
+from weightzoo.weighting.nets import CMWNet, MWNet
+from weightzoo.weighting.reduction import LossTerm, reduce_weighted
+from weightzoo.weighting.sample_weighting import SampleWeighting
 
 BOTH = LookaheadConfig(include_momentum=True, include_weight_decay=True)
+
+
+def ce_term(y: torch.Tensor):
+    """Objective: the plain mean CE as one named loss term."""
+    return lambda logits: {"ce": LossTerm(F.cross_entropy(logits, y, reduction="none"))}
+
+
+def weighting(weighter, num_classes: int, family_of_class: list[int] | None = None):
+    """A SampleWeighting whose class c is in family ``family_of_class[c]``."""
+    if family_of_class is None:
+        return SampleWeighting(weighter, None, num_classes)
+    fams = TaskFamilies(tuple(float(k) for k in range(weighter.num_families)),
+                        torch.tensor(family_of_class), tuple([1] * len(family_of_class)))
+    return SampleWeighting(weighter, fams, num_classes)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -36,24 +53,22 @@ def test_meta_step_updates_weighter_only(kind: str) -> None:
     torch.manual_seed(0)
     model = bn_mlp().train()
     weighter = MWNet() if kind == "mwnet" else CMWNet(num_families=3)
-    families = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1]) if kind == "cmwnet" else None
+    sw = weighting(weighter, 3, [0, 2, 1] if kind == "cmwnet" else None)
     w_before = copy.deepcopy(weighter.state_dict())
     before = snapshot(model)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     mx, my = torch.randn(6, 6), torch.randint(0, 3, (6,))
-    result = meta_step(
-        model, weighter, torch.optim.Adam(weighter.parameters(), lr=1e-2), x, y, mx, my,
-        lr=0.5, families=families, num_classes=3, normalization="sum",
+    meta_loss = weighting_meta_step(
+        model, sw, torch.optim.Adam(weighter.parameters(), lr=1e-2), x, y, mx, my, lr=0.5,
     )
     assert_same_state(model, before)  # incl. BN running stats and num_batches_tracked
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is None for p in weighter.parameters())
     changed = [not torch.equal(v, w_before[k]) for k, v in weighter.state_dict().items()]
     assert all(changed)
-    assert result.losses.shape == result.weights.shape == (8,)
-    assert not result.losses.requires_grad and not result.weights.requires_grad
-    assert torch.allclose(result.weights, weigh(weighter, result.losses, families, 3))
-    assert result.meta_loss > 0
+    weights = sw.weights(F.cross_entropy(model(x), y, reduction="none"), y)
+    assert weights.shape == (8,) and not weights.requires_grad
+    assert meta_loss > 0
 
 
 def hand_meta_loss(weighter, model, opt, x, y, mx, my, lr, norm, momentum, nesterov):
@@ -95,9 +110,9 @@ def test_meta_gradient_matches_finite_differences(norm: str, momentum: bool, nes
     opt.zero_grad(set_to_none=True)
     config = BOTH if momentum else LookaheadConfig()
     lr = 0.5
-    result = meta_gradient(
-        model, weighter, x, y, mx, my, lr=lr, families=None, num_classes=3,
-        normalization=norm, optimizer=opt, config=config,
+    weighter = MWNet(normalization=norm).double()
+    result = weighting_meta_gradient(
+        model, weighting(weighter, 3), x, y, mx, my, lr=lr, optimizer=opt, lookahead_config=config,
     )
     args = (weighter, model, opt, x, y, mx, my, lr, norm, momentum, nesterov)
     assert result.meta_loss == pytest.approx(hand_meta_loss(*args), rel=1e-12)
@@ -142,14 +157,12 @@ def test_lookahead_reproduces_the_real_sgd_step(sgd: dict, prior_steps: int) -> 
         opt.step()
         opt.zero_grad()
     buffers = snapshot(model)
-    state = lookahead(
-        model, x, lambda logits: F.cross_entropy(logits, y), lr=None, optimizer=opt, config=BOTH
-    )
+    state = lookahead(model, x, ce_term(y), lr=None, optimizer=opt, config=BOTH)
     assert_same_state(model, buffers)
     F.cross_entropy(model(x), y).backward()
     opt.step()
     for name, param in model.named_parameters():
-        assert torch.allclose(state[name], param, rtol=1e-12, atol=1e-14), name
+        assert torch.equal(state[name], param), name  # the real optimizer's own arithmetic
     assert torch.equal(state["0.bias"], buffers["0.bias"])
 
 
@@ -157,7 +170,7 @@ def test_lookahead_skips_parameters_outside_the_optimizer() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model[1].parameters(), lr=0.1)
     x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
-    state = lookahead(model, x, lambda z: F.cross_entropy(z, y), lr=0.1, optimizer=opt)
+    state = lookahead(model, x, ce_term(y), lr=0.1, optimizer=opt)
     assert state["0.weight"] is model[0].weight
     assert not torch.equal(state["1.weight"], model[1].weight)
 
@@ -165,7 +178,7 @@ def test_lookahead_skips_parameters_outside_the_optimizer() -> None:
 def test_lookahead_errors() -> None:
     model = nn.Linear(3, 2)
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
-    objective = lambda z: F.cross_entropy(z, y)  # noqa: E731
+    objective = ce_term(y)
     with pytest.raises(ValueError, match="optimizer="):
         lookahead(model, x, objective, lr=0.1, config=BOTH)
     with pytest.raises(ValueError, match="optimizer="):
@@ -173,8 +186,8 @@ def test_lookahead_errors() -> None:
     adam = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="torch SGD"):
         lookahead(model, x, objective, lr=0.1, optimizer=adam, config=BOTH)
-    with pytest.raises(ValueError, match="scalar"):
-        lookahead(model, x, lambda z: F.cross_entropy(z, y, reduction="none"), lr=0.1)
+    with pytest.raises(TypeError, match="named loss terms"):
+        lookahead(model, x, lambda z: F.cross_entropy(z, y), lr=0.1)
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         lookahead(model, x, objective, lr=0.1)
@@ -188,30 +201,29 @@ def test_meta_step_on_torchvision_resnet() -> None:
     weighter = MWNet()
     w_before = snapshot(weighter)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-    result = meta_step(
-        model, weighter, torch.optim.Adam(weighter.parameters(), lr=1e-2), x, y,
-        torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), lr=0.1, families=None,
-        num_classes=3, normalization="mean",
+    weighter = MWNet(normalization="mean")
+    w_before = snapshot(weighter)
+    weighting_meta_step(
+        model, weighting(weighter, 3), torch.optim.Adam(weighter.parameters(), lr=1e-2), x, y,
+        torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), lr=0.1,
     )
     assert_same_state(model, before)
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(v, w_before[k]) for k, v in weighter.state_dict().items())
-    assert result.weights.shape == (2,)
 
 
 def test_meta_step_with_dropout_and_soft_meta_targets() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4)).train()
-    weighter = CMWNet(num_families=2)
+    weighter = CMWNet(num_families=2, normalization="detached_sum")
     before = snapshot(model)
     mx, my_soft = mixup(torch.randn(6, 5), F.one_hot(torch.arange(6) % 4, 4).float())
-    result = meta_step(
-        model, weighter, torch.optim.Adam(weighter.parameters(), lr=1e-3), torch.randn(9, 5),
-        torch.randint(0, 4, (9,)), mx, my_soft, lr=0.1, families=torch.randint(0, 2, (9,)),
-        num_classes=4, normalization="detached_sum",
+    meta_loss = weighting_meta_step(
+        model, weighting(weighter, 4, [0, 1, 1, 0]), torch.optim.Adam(weighter.parameters(), lr=1e-3),
+        torch.randn(9, 5), torch.randint(0, 4, (9,)), mx, my_soft, lr=0.1,
     )
     assert_same_state(model, before)
-    assert result.weights.shape == (9,) and math.isfinite(result.meta_loss)
+    assert math.isfinite(meta_loss)
 
 
 def test_meta_step_rejects_a_non_finite_meta_loss() -> None:
@@ -219,10 +231,9 @@ def test_meta_step_rejects_a_non_finite_meta_loss() -> None:
     w_before = snapshot(weighter)
     nan_meta = torch.full((2, 3), float("nan"))
     with pytest.raises(FloatingPointError, match="not updated"):
-        meta_step(
-            model, weighter, torch.optim.Adam(weighter.parameters()), torch.randn(4, 3),
-            torch.randint(0, 2, (4,)), nan_meta, torch.tensor([0, 1]), lr=0.1, families=None,
-            num_classes=2, normalization="sum",
+        weighting_meta_step(
+            model, weighting(weighter, 2), torch.optim.Adam(weighter.parameters()), torch.randn(4, 3),
+            torch.randint(0, 2, (4,)), nan_meta, torch.tensor([0, 1]), lr=0.1,
         )
     assert_same_state(weighter, w_before)
 
@@ -247,17 +258,17 @@ def test_mwnet_learns_a_decreasing_weighting_under_label_noise() -> None:
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     weighter = MWNet()
+    sw = weighting(weighter, 10)
     weighter_opt = torch.optim.Adam(weighter.parameters(), lr=1e-3)
     steps = 0
     while steps < 200:
         for batch in torch.randperm(len(y)).split(100):
-            meta_step(
-                model, weighter, weighter_opt, x[batch], y[batch], x_all[meta], y_all[meta],
-                lr=opt.param_groups[0]["lr"], families=None, num_classes=10,
-                normalization="sum",
+            weighting_meta_step(
+                model, sw, weighter_opt, x[batch], y[batch], x_all[meta], y_all[meta],
+                lr=opt.param_groups[0]["lr"],
             )
             losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
-            loss = reduce_weighted(losses, weigh(weighter, losses, None, 10), "sum")
+            loss = reduce_weighted(losses, sw.weights(losses, y[batch]), "sum")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -267,7 +278,7 @@ def test_mwnet_learns_a_decreasing_weighting_under_label_noise() -> None:
     assert curve[0] > curve[1] > curve[2]
     assert curve[0] > 2 * curve[2]
     with torch.no_grad():
-        weights = weigh(weighter, F.cross_entropy(model(x), y, reduction="none"), None, 10)
+        weights = sw.weights(F.cross_entropy(model(x), y, reduction="none"), y)
     assert weights[~noisy].mean() > 2 * weights[noisy].mean()
 
 

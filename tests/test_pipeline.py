@@ -13,9 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from weightzoo.artifact import load_weighter, save_weighter
+from weightzoo.artifact.format import load_artifact, save_artifact
 from weightzoo.cli.main import cli
-from weightzoo.engine import Schedule
 from weightzoo.pipeline import (
     METRICS_NAME,
     RUN_NAME,
@@ -28,7 +27,8 @@ from weightzoo.pipeline import (
     train_with_baselines,
 )
 from weightzoo.recipe import builtin_recipes, load_recipe
-from weightzoo.weighters import MWNet
+from weightzoo.training.engine import Schedule
+from weightzoo.weighting.nets import MWNet
 
 SHORT = ["schedule.epochs=2", "schedule.milestones=[]", "model.hidden=[64]"]
 
@@ -55,7 +55,7 @@ def mwnet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 def tiny_weighter(tmp_path: Path) -> Path:
     """An untrained MW-Net weighter saved as an artifact (no training needed)."""
     torch.manual_seed(0)
-    return save_weighter(MWNet(hidden=8), tmp_path / "tiny-weighter", curve=False)
+    return save_artifact(MWNet(hidden=8), tmp_path / "tiny-weighter", curve=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_train_writes_a_complete_run(mwnet_run) -> None:
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
-    weighter = load_weighter(out / WEIGHTER_DIR)  # strict
+    weighter = load_artifact(out / WEIGHTER_DIR)  # strict
     cfg = weighter.config
     assert (cfg.kind, cfg.num_families, cfg.source_num_classes) == ("mwnet", 1, 10)
     assert cfg.normalization == "sum" and cfg.input_norm == "log_classes"
@@ -115,7 +115,7 @@ def test_finished_run_is_not_overwritten(mwnet_run) -> None:
     out, results = mwnet_run
     recipe = load_recipe("digits-sym40-mwnet", SHORT)
     before = (out / METRICS_NAME).read_bytes()
-    with pytest.raises(FileExistsError, match="finished run"):
+    with pytest.raises(FileExistsError, match="already holds a run"):
         train_recipe(recipe, out, device="cpu", progress=False)
     with pytest.raises(FileExistsError):
         train_with_baselines(recipe, out, ("ce",), device="cpu", progress=False)
@@ -123,14 +123,14 @@ def test_finished_run_is_not_overwritten(mwnet_run) -> None:
     # resuming a finished run only reloads it
     again = train_recipe(recipe, out, device="cpu", progress=False, resume=True)
     assert again["test_acc"] == results["mwnet"]["test_acc"]
-    assert load_weighter(out / WEIGHTER_DIR).config.metadata["metrics"]["epochs"] == 2
+    assert load_artifact(out / WEIGHTER_DIR).config.metadata["metrics"]["epochs"] == 2
 
 
 def test_train_cmwnet_records_families_and_baseline(tmp_path: Path) -> None:
     recipe = load_recipe("digits-asym40-cmwnet", SHORT)
     baseline = {"test_acc": 0.5, "best_test_acc": 0.6}
     metrics = train_recipe(recipe, tmp_path / "cmw", device="cpu", progress=False, baseline=baseline)
-    weighter = load_weighter(tmp_path / "cmw" / WEIGHTER_DIR)
+    weighter = load_artifact(tmp_path / "cmw" / WEIGHTER_DIR)
     assert weighter.config.kind == "cmwnet" and weighter.num_families == 3
     meta = weighter.config.metadata
     assert meta["source"]["bias"] == "asymmetric:0.4"
@@ -167,7 +167,7 @@ def test_mwnet_learns_to_downweight_noise_and_beats_ce(tmp_path: Path) -> None:
     # shrinks to ~0.5 point on seed 0, too close to call on 359 test digits.
     recipe = load_recipe("digits-sym40-mwnet", ["schedule.epochs=20", "schedule.milestones=[14, 17]"])
     results = train_with_baselines(recipe, tmp_path, ("ce",), device="cpu", progress=False)
-    weighter = load_weighter(tmp_path / WEIGHTER_DIR)
+    weighter = load_artifact(tmp_path / WEIGHTER_DIR)
     low, high = weighter.curve(torch.tensor([0.1, 2.0])).squeeze(1).tolist()
     assert low > 2 * high  # a decreasing weight function: large (noisy) losses count less
     assert results["mwnet"]["test_acc"] > results["ce"]["test_acc"] + 0.01
@@ -215,7 +215,7 @@ def test_apply_weighter_with_baseline_and_weights_report(mwnet_run, tmp_path: Pa
     assert w[~noisy].mean() == pytest.approx(weights["mean_weight_clean"], abs=1e-5)
     assert w[noisy].mean() == pytest.approx(weights["mean_weight_noisy"], abs=1e-5)
 
-    with pytest.raises(FileExistsError, match="finished comparison"):
+    with pytest.raises(FileExistsError, match="already holds a run"):
         apply_weighter(str(weighter_dir), out, **kwargs)
     again = apply_weighter(str(weighter_dir), out, resume=True, **kwargs)  # reloads, no training
     assert again["runs"] == result["runs"]

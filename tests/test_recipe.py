@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from weightzoo.bias import BiasSpec
-from weightzoo.data import DATASET_DESCRIPTIONS
+from weightzoo.data.bias import BiasSpec
+from weightzoo.data.sources import DATASET_DESCRIPTIONS
+from weightzoo.methods.registry import method_names
 from weightzoo.models import MODEL_DESCRIPTIONS
-from weightzoo.recipe import METHODS, Recipe, builtin_recipes, load_recipe, recipe_from_dict
+from weightzoo.recipe import Recipe, builtin_recipes, load_recipe, recipe_from_dict
 
 DIGITS = Path(__file__).resolve().parents[1] / "recipes" / "digits-sym40-mwnet.toml"
 
@@ -36,7 +37,7 @@ def test_every_shipped_recipe_loads_and_validates(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name  # defaults to the file's stem
     assert recipe.description
-    assert recipe.method.name in METHODS
+    assert recipe.method.name in method_names()
     BiasSpec.parse(recipe.data.bias)  # the bias spec parses
     assert recipe.data.dataset in DATASET_DESCRIPTIONS
     assert recipe.model["name"] in MODEL_DESCRIPTIONS
@@ -51,10 +52,10 @@ def test_every_shipped_recipe_loads_and_validates(name: str) -> None:
 def test_digits_recipe_values() -> None:
     recipe = load_recipe("digits-sym40-mwnet")
     assert (recipe.data.dataset, recipe.data.bias) == ("digits", "symmetric:0.4")
-    assert recipe.is_meta and recipe.method.name == "mwnet"
-    assert recipe.meta.source == "clean" and recipe.meta.per_class == 10
+    assert recipe.method.spec.publishes and recipe.method.name == "mwnet"
+    assert recipe.method.config.meta.source == "clean" and recipe.method.config.meta.per_class == 10
     assert recipe.schedule.epochs == 30 and recipe.schedule.milestones == [20, 25]
-    assert isinstance(recipe.meta.meta_lr, float)
+    assert isinstance(recipe.method.config.meta.meta_lr, float)
 
 
 def test_recipe_by_path(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_recipe_by_path(tmp_path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == "mine"
     assert recipe.data.dataset == "digits" and recipe.data.bias == "longtail:10"
-    assert not recipe.is_meta and recipe.schedule.epochs == 2
+    assert not recipe.method.spec.publishes and recipe.schedule.epochs == 2
     assert load_recipe(str(path)) == recipe
     named = write(tmp_path, 'name = "custom"\n', "other.toml")
     assert load_recipe(named).name == "custom"
@@ -172,7 +173,7 @@ def test_overrides() -> None:
         " description = two words ",
     ])
     assert recipe.schedule.epochs == 3
-    assert recipe.meta.meta_lr == pytest.approx(1e-4)
+    assert recipe.method.config.meta.meta_lr == pytest.approx(1e-4)
     assert recipe.data.bias == "longtail:10"
     assert recipe.schedule.milestones == [1, 2]
     assert recipe.seed == 5
@@ -181,13 +182,13 @@ def test_overrides() -> None:
     assert recipe.name == "shortened" and recipe.method.name == "cmwnet"
     assert recipe.description.strip() == "two words"
     # untouched values stay
-    assert recipe.schedule.batch_size == 100 and recipe.meta.per_class == 10
+    assert recipe.schedule.batch_size == 100 and recipe.method.config.meta.per_class == 10
 
 
 def test_override_adds_a_missing_section(tmp_path: Path) -> None:
     path = write(tmp_path, "seed = 0\n")
     recipe = load_recipe(path, ["meta.source=train", "meta.mixup_alpha=1"])
-    assert recipe.meta.source == "train" and recipe.meta.mixup_alpha == 1.0
+    assert recipe.method.config.meta.source == "train" and recipe.method.config.meta.mixup_alpha == 1.0
 
 
 @pytest.mark.parametrize(("item", "needle"), [

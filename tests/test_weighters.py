@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightzoo.weighters import (
-    SCHEMA_VERSION,
+from weightzoo.weighting.nets import (
     CMWNet,
     MWNet,
     WeighterConfig,
@@ -154,7 +153,6 @@ def test_losses_are_detached() -> None:
 def test_config_defaults_and_round_trip() -> None:
     cfg = WeighterConfig(metadata={"source": {"dataset": "digits"}})
     assert cfg.kind == "cmwnet" and cfg.num_families == 3 and cfg.hidden == 100
-    assert cfg.schema_version == SCHEMA_VERSION
     assert WeighterConfig.from_dict(cfg.to_dict()) == cfg
     assert CMWNet(cfg, hidden=8).config.hidden == 8
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from weightzoo import WeightedLoss, hub, load_pretrained_weighter
+from weightzoo import WeightedLoss, load_pretrained
+from weightzoo.artifact import hub
 from weightzoo.cli.main import cli
 
 SHIPPED = hub.builtin_names()
@@ -25,7 +26,7 @@ def test_zoo_has_the_five_weighters() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weighter_loads_and_applies(name: str) -> None:
-    weighter = load_pretrained_weighter(name)
+    weighter = load_pretrained(name)
     meta = weighter.config.metadata
     assert meta["source"]["dataset"] == "fashion-mnist"
     assert meta["command"].startswith("weightzoo train ")
@@ -37,7 +38,7 @@ def test_shipped_weighter_loads_and_applies(name: str) -> None:
 def test_metrics_file_agrees_with_card_and_config(name: str) -> None:
     root = hub.builtin_root() / name
     recorded = json.loads((root / "metrics.json").read_text())["final"]
-    config_metrics = load_pretrained_weighter(name).config.metadata["metrics"]
+    config_metrics = load_pretrained(name).config.metadata["metrics"]
     for key, value in config_metrics.items():
         assert recorded[key] == pytest.approx(value), key
     card = ModelCard.load(root / "README.md")

@@ -1,33 +1,60 @@
 """weightzoo: learned sample-weighting functions (MW-Net, CMW-Net) for robust training.
 
-The public API: weighters and their artifact, task families, the ``WeightedLoss`` wrapper,
-the training engine and strategies, and the end-to-end ``train_recipe``/``apply_weighter``.
+The public API: weighters and their artifact, task families, the one weighting path
+(``SampleWeighting``) and its user-facing wrapper ``WeightedLoss``, the method registry and
+step contract, the training engine, the bilevel machinery, and the end-to-end
+``train_recipe`` / ``apply_weighter``.  Layout: ``data/`` (sources, bias), ``weighting/``,
+``bilevel/`` (look-ahead, estimators, meta sets), ``methods/``, ``training/`` (engine,
+views, checkpoints), ``artifact/`` (format, card, curve, hub, zoo).
 """
 
-from weightzoo.artifact import WeighterFileError, load_weighter, save_weighter, validate_artifact
-from weightzoo.bias import BiasSpec, inject_bias
-from weightzoo.data import DataSplits, list_datasets, load_dataset
-from weightzoo.engine import Schedule, Strategy, Trainer, TrainingSet
-from weightzoo.families import TaskFamilies, class_counts
-from weightzoo.hub import WeighterNotFoundError, load_pretrained_weighter, push_to_hub, resolve
-from weightzoo.loss import WeightedLoss
+import weightzoo.methods  # noqa: F401 - registers the built-in methods
+from weightzoo.artifact.format import (
+    Provenance,
+    WeighterFileError,
+    load_artifact,
+    save_artifact,
+    validate_artifact,
+)
+from weightzoo.artifact.hub import WeighterNotFoundError, load_pretrained, push_to_hub, resolve
+from weightzoo.bilevel.estimators import (
+    BilevelProblem,
+    MetaGradient,
+    MetaGradientEstimator,
+    build_estimator,
+    estimator_names,
+    register_estimator,
+)
+from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
+from weightzoo.data.bias import BiasSpec, inject_bias
+from weightzoo.data.sources import DataSplits, list_datasets, load_dataset
 from weightzoo.losses import LOSS_NAMES, per_sample_loss
-from weightzoo.meta import LookaheadConfig, meta_step
+from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
+from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
+from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
+from weightzoo.methods.plain import PlainLoss
+from weightzoo.methods.registry import MethodSpec, build_method, method_names, method_spec, register_method
 from weightzoo.models import build_model, list_models
 from weightzoo.pipeline import apply_weighter, prepare_data, train_recipe, train_with_baselines
 from weightzoo.recipe import Recipe, load_recipe
-from weightzoo.reduction import reduce_weighted
-from weightzoo.strategies import FrozenWeighting, MetaConfig, MetaWeighting, PlainLoss
-from weightzoo.weighters import CMWNet, MWNet, WeighterConfig, build_weighter
+from weightzoo.training.engine import Schedule, Trainer, TrainingSet
+from weightzoo.weighting.families import TaskFamilies, class_counts
+from weightzoo.weighting.nets import CMWNet, MWNet, WeighterConfig, build_weighter
+from weightzoo.weighting.reduction import LossTerm, reduce_weighted, total_loss
+from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.weighted_loss import WeightedLoss
 
 __all__ = [
-    "LOSS_NAMES", "BiasSpec", "CMWNet", "DataSplits", "FrozenWeighting", "LookaheadConfig",
-    "MWNet", "MetaConfig", "MetaWeighting", "PlainLoss", "Recipe", "Schedule", "Strategy",
-    "TaskFamilies", "Trainer", "TrainingSet", "WeightedLoss", "WeighterConfig",
-    "WeighterFileError", "WeighterNotFoundError", "apply_weighter", "build_model",
-    "build_weighter", "class_counts", "inject_bias", "list_datasets", "list_models",
-    "load_dataset", "load_pretrained_weighter", "load_recipe", "load_weighter", "meta_step",
-    "per_sample_loss", "prepare_data", "push_to_hub", "reduce_weighted", "resolve",
-    "save_weighter", "train_recipe", "train_with_baselines", "validate_artifact",
+    "LOSS_NAMES", "Batch", "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
+    "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
+    "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
+    "PlainLoss", "Provenance", "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
+    "TaskFamilies", "Trainer", "TrainingSet", "WeightedLoss", "WeighterConfig", "WeighterFileError",
+    "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
+    "build_weighter", "class_counts", "estimator_names", "inject_bias", "list_datasets",
+    "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",
+    "method_names", "method_spec", "per_sample_loss", "prepare_data", "push_to_hub",
+    "reduce_weighted", "register_estimator", "register_method", "resolve", "save_artifact",
+    "total_loss", "train_recipe", "train_with_baselines", "validate_artifact",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

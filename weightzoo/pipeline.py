@@ -9,13 +9,9 @@ atomically, so a directory with ``metrics.json`` is a complete run.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import platform
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +20,20 @@ import torch
 from torch import nn
 
 from weightzoo import distributed
-from weightzoo.artifact import CURVE_NAME, save_weighter
-from weightzoo.bias import BiasedData, inject_bias
-from weightzoo.data import DataSplits, load_dataset
-from weightzoo.engine import Schedule, Strategy, Trainer, TrainingSet
-from weightzoo.families import TaskFamilies
-from weightzoo.hub import load_pretrained_weighter
-from weightzoo.metaset import balanced_clean_indices
+from weightzoo.artifact.format import CURVE_NAME, Provenance, save_artifact
+from weightzoo.atomic import atomic_write, write_json, write_text
+from weightzoo.bilevel.metaset import balanced_clean_indices
+from weightzoo.data.bias import BiasedData, inject_bias
+from weightzoo.data.sources import DataSplits, load_dataset
+from weightzoo.methods.base import Method, RunContext
+from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
+from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
 from weightzoo.recipe import Recipe
-from weightzoo.strategies import FrozenWeighting, MetaWeighting, PlainLoss
-from weightzoo.weighters import CMWNet, WeighterConfig, build_weighter
+from weightzoo.training.checkpoint import CHECKPOINT_NAME
+from weightzoo.training.engine import Schedule, Trainer, TrainingSet
+from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.sample_weighting import SampleWeighting
 
 METRICS_NAME = "metrics.json"
 RUN_NAME = "run.json"
@@ -120,28 +119,6 @@ def build_checked_model(model_cfg: dict[str, Any], splits: DataSplits, seed: int
     return model
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (NaN/inf become null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def final_metrics(history: list[dict[str, Any]], last_k: int = 5) -> dict[str, Any]:
     """Summary of a history: last-epoch metrics, best and mean-of-last-k test accuracy."""
     last = history[-1]
@@ -160,82 +137,78 @@ def environment() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------
-def _new_weighter(recipe: Recipe, data: PreparedData) -> CMWNet:
-    method = recipe.method
-    kind = method.name
-    config = WeighterConfig(
-        kind=kind, hidden=method.hidden, num_families=1 if kind == "mwnet" else method.num_families,
-        input_norm=method.input_norm, normalization=method.normalization, base_loss="ce",
-        source_num_classes=data.splits.num_classes,
-    )
-    torch.manual_seed(recipe.seed)
-    return build_weighter(config)
-
-
-def make_strategy(recipe: Recipe, data: PreparedData) -> tuple[Strategy, CMWNet | None]:
-    """The recipe's strategy, and the weighter it meta-learns (None for baselines)."""
-    if not recipe.is_meta:
-        return PlainLoss(recipe.method.name, **recipe.method.loss_params), None
-    weighter = _new_weighter(recipe, data)
-    strategy = MetaWeighting(
-        weighter, recipe.meta, data.meta_x, data.meta_y, family_seed=recipe.seed
-    )
-    return strategy, weighter
-
-
-def _weighter_metadata(
-    recipe: Recipe, data: PreparedData, families: TaskFamilies, metrics: dict[str, Any],
+def _provenance(
+    recipe: Recipe, data: PreparedData, weighting: SampleWeighting, metrics: dict[str, Any],
     command: str | None, baseline: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> Provenance:
     bias = data.bias.report
-    return json_safe({
-        "name": recipe.name, "description": recipe.description,
-        "source": {"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
-                   "n_train": len(data.train.y), "n_meta": data.report()["n_meta"]},
-        "method": {"name": recipe.method.name, "meta": asdict(recipe.meta),
-                   "schedule": asdict(recipe.schedule), "model": recipe.model},
-        "families": {"centers": list(families.centers),
-                     "family_of_class": families.family_of_class.cpu().tolist()},
-        "metrics": {k: v for k, v in metrics.items() if k != "per_class_acc"},
-        "baseline": baseline or {}, "command": command, "seed": recipe.seed,
-    })
+    families = weighting.families
+    return Provenance(
+        name=recipe.name, description=recipe.description,
+        source={"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
+                "n_train": len(data.train.y), "n_meta": data.report()["n_meta"]},
+        method={**recipe.to_dict()["method"], "schedule": asdict(recipe.schedule), "model": recipe.model},
+        families={} if families is None else {
+            "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist()},
+        metrics={k: v for k, v in metrics.items() if k != "per_class_acc"},
+        baseline=baseline or {}, command=command, seed=recipe.seed,
+    )
+
+
+def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to destroy a previous run: an ``out`` that holds one needs ``resume`` (continue
+    it) or ``overwrite`` (start afresh, replacing its files)."""
+    if resume or overwrite or not out.exists():
+        return
+    previous = [n for n in (METRICS_NAME, CHECKPOINT_NAME, WEIGHTER_DIR, "comparison.json")
+                if (out / n).exists()]
+    if previous:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(previous)}); pass --resume to continue it, "
+            "--overwrite to replace it, or pick another --out"
+        )
 
 
 def train_recipe(
     recipe: Recipe, out_dir: str | Path, *, device: str | None = None, resume: bool = False,
-    progress: bool = True, command: str | None = None, baseline: dict[str, Any] | None = None,
+    overwrite: bool = False, progress: bool = True, command: str | None = None,
+    baseline: dict[str, Any] | None = None, meta_per_class: int | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir``; returns the final metrics.
 
-    Writes ``checkpoint.pt`` every epoch, then ``weighter/`` (meta methods), ``curve.png``,
-    ``run.json`` and ``metrics.json``.  ``baseline``: CE metrics on the same data, recorded
-    in the weighter's card when known.
+    Writes ``checkpoint.pt`` every epoch, then ``weighter/`` (methods that learn a
+    weighter), ``curve.png``, ``run.json`` and ``metrics.json``. An ``out_dir`` holding a
+    previous run is refused unless ``resume`` or ``overwrite``. ``baseline``: CE metrics
+    on the same data, recorded in the weighter's card when known. ``meta_per_class``:
+    clean samples per class held out of the training set (default: what the method asks
+    for; a baseline takes its recipe's, so that both train on identical data).
     """
     out = Path(out_dir)
-    if (out / METRICS_NAME).exists() and not resume:
-        raise FileExistsError(f"{out} already holds a finished run; pick another --out")
+    check_output_dir(out, resume=resume, overwrite=overwrite)
+    method = recipe.method.build()
     data = prepare_data(
         recipe.data.dataset, recipe.data.bias, seed=recipe.seed, root=recipe.data.root,
         test_fraction=recipe.data.test_fraction,
         class_map={int(k): v for k, v in (recipe.data.class_map or {}).items()} or None,
-        meta_per_class=recipe.meta.per_class if recipe.meta.source == "clean" else 0,
+        meta_per_class=method.clean_meta_per_class if meta_per_class is None else meta_per_class,
     )
     check_training_labels(data.train)
     model = build_checked_model(recipe.model, data.splits, recipe.seed)
-    strategy, weighter = make_strategy(recipe, data)
+    method.bind(RunContext(data.splits.num_classes, data.meta_x, data.meta_y, recipe.seed))
     trainer = Trainer(
         model, data.train, recipe.schedule, device=device, seed=recipe.seed, out_dir=out,
         progress=progress, desc=f"{recipe.name} [{recipe.method.name}]",
     )
-    history = trainer.fit(strategy, resume=resume)
+    history = trainer.fit(method, resume=resume)
     metrics = final_metrics(history)
-    if weighter is not None:
-        assert isinstance(strategy, MetaWeighting) and strategy.families is not None
-        weighter.config.metadata = _weighter_metadata(
-            recipe, data, strategy.families, metrics, command, baseline
-        )
-        save_weighter(weighter.cpu(), out / WEIGHTER_DIR)
-        shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, out / CURVE_NAME)
+    weighting = method.trained_weighting()
+    if weighting is not None:
+        weighter = weighting.weighter
+        weighter.config.metadata = _provenance(
+            recipe, data, weighting, metrics, command, baseline
+        ).to_metadata()
+        save_artifact(weighter.cpu(), out / WEIGHTER_DIR)
+        atomic_write(out / CURVE_NAME, lambda tmp: shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, tmp))
     write_json(out / RUN_NAME, {
         "recipe": recipe.to_dict(), "data": data.report(), "command": command,
         "device": str(trainer.device), "environment": environment(),
@@ -249,12 +222,13 @@ def apply_weighter(
     weighter_name: str, out_dir: str | Path, *, dataset: str, bias: str = "none",
     model: dict[str, Any] | None = None, schedule: Schedule | None = None, seed: int = 0,
     baselines: tuple[str, ...] = (), root: str | None = None, device: str | None = None,
-    resume: bool = False, progress: bool = True, weights_report: bool = False,
-    revision: str | None = None, command: str | None = None,
+    resume: bool = False, overwrite: bool = False, progress: bool = True,
+    weights_report: bool = False, revision: str | None = None, command: str | None = None,
 ) -> dict[str, Any]:
     """Train on a new biased dataset with the frozen weighter and with each baseline (same
     data, model, schedule and seed); returns the comparison and writes it to
-    ``comparison.json``.  Every input is validated before anything is written."""
+    ``comparison.json``.  Every input is validated before anything is written; an
+    ``out_dir`` holding a previous comparison needs ``resume`` or ``overwrite``."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
     if schedule.epochs < 1 or schedule.batch_size < 1:
@@ -264,18 +238,18 @@ def apply_weighter(
             f"warmup_epochs ({schedule.warmup_epochs}) must be less than epochs ({schedule.epochs}), "
             "or the weighter is never applied"
         )
-    weighter = load_pretrained_weighter(weighter_name, revision=revision)
+    weighter = CMWNet.from_pretrained(weighter_name, revision=revision)
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)
     build_checked_model(model, data.splits, seed)
     out = Path(out_dir)
-    if (out / "comparison.json").exists() and not resume:
-        raise FileExistsError(f"{out} already holds a finished comparison; pick another --out")
+    check_output_dir(out, resume=resume, overwrite=overwrite)
     rank, _ = distributed.rank_and_world()
     runs: dict[str, dict[str, Any]] = {}
     sample_weights = None
     for method in ("weighter", *baselines):
-        strategy = FrozenWeighting(weighter, family_seed=seed) if method == "weighter" else PlainLoss(method)
+        strategy: Method = (FrozenWeighting(FrozenConfig(family_seed=seed), weighter=weighter)
+                            if method == "weighter" else build_method(method))
         trainer = Trainer(
             build_checked_model(model, data.splits, seed), data.train, schedule, device=device,
             seed=seed, out_dir=out / method, progress=progress,
@@ -305,12 +279,11 @@ def apply_weighter(
 def _write_weights_report(path: Path, data: PreparedData, weights: torch.Tensor) -> dict[str, Any]:
     """Per-sample last weights with clean/noisy flags; returns the mean weight of each group."""
     noisy = data.bias.is_noisy
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        f.write("index,label,clean_label,noisy,weight\n")
-        for i in range(len(weights)):
-            f.write(f"{i},{int(data.train.y[i])},{int(data.bias.clean_labels[i])},"
-                    f"{int(noisy[i])},{float(weights[i]):.6f}\n")
+    rows = ["index,label,clean_label,noisy,weight"] + [
+        f"{i},{int(data.train.y[i])},{int(data.bias.clean_labels[i])},{int(noisy[i])},{float(weights[i]):.6f}"
+        for i in range(len(weights))
+    ]
+    write_text(path, "\n".join(rows) + "\n")
     finite = torch.isfinite(weights)
     summary = {"path": path.name}
     for name, mask in (("clean", ~noisy & finite), ("noisy", noisy & finite)):
@@ -325,10 +298,12 @@ def train_with_baselines(
     then the recipe itself; the CE baseline's metrics go into the weighter's card.
     Returns final metrics by method name (the recipe's under its method name)."""
     results: dict[str, dict[str, Any]] = {}
+    held_out = recipe.method.build().clean_meta_per_class
     for name in baselines:
-        baseline = replace(recipe, method=replace(recipe.method, name=name))
+        baseline = recipe.with_method(name)
         baseline.validate()
-        results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name, **kwargs)
+        results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name,
+                                     meta_per_class=held_out, **kwargs)
     ce = results.get("ce")
     summary = None if ce is None else {k: v for k, v in ce.items() if k != "per_class_acc"}
     results[recipe.method.name] = train_recipe(recipe, out_dir, baseline=summary, **kwargs)

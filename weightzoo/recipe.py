@@ -1,33 +1,34 @@
-"""Recipes: validated TOML descriptions of a run (data, bias, model, method, meta set, schedule).
+"""Recipes: validated TOML descriptions of a run (data, bias, model, method, schedule).
 
     name = "digits-sym40-mwnet"
     seed = 0
-    [data]     dataset = "digits", bias = "symmetric:0.4", root = "...", test_fraction = 0.2
-    [model]    name = "mlp"  (other keys are passed to the model builder)
-    [method]   name = "mwnet" | "cmwnet" | "ce" | "focal" | "gce" | "sce" | "class-balanced"
-    [meta]     source = "clean" | "train", per_class, meta_lr, meta_interval, mixup_alpha, ...
-    [schedule] epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs
+    [data]        dataset = "digits", bias = "symmetric:0.4", root = "...", test_fraction = 0.2
+    [model]       name = "mlp"  (other keys are passed to the model builder)
+    [method]      name = any registered method (``weightzoo methods``) + that method's keys
+    [method.meta] meta-learning options of a meta method (``[meta]`` at the top level is
+                  the same table, as recipes before 0.2 wrote it)
+    [schedule]    epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs
+    imports = ["my_pkg.methods"]   modules imported first (they register their own methods)
 
-Unknown sections, keys or ill-typed values are errors naming the recipe and the key.
+The ``[method]`` table is validated by the method's registered config dataclass; unknown
+sections, keys or ill-typed values are errors naming the recipe and the key.
 """
 
 from __future__ import annotations
 
+import importlib
 import tomllib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from weightzoo.engine import Schedule
-from weightzoo.losses import LOSS_NAMES
-from weightzoo.strategies import MetaConfig
-from weightzoo.weighters import INPUT_NORMS, NORMALIZATIONS
+from weightzoo.methods.base import Method
+from weightzoo.methods.registry import MethodSpec, config_dict, method_spec
+from weightzoo.training.engine import Schedule
+from weightzoo.typed_tables import build_dataclass
 
-META_METHODS = ("mwnet", "cmwnet")
-METHODS = (*LOSS_NAMES, *META_METHODS)
+DEFAULT_METHOD = "mwnet"
 
 
 @dataclass
@@ -40,16 +41,22 @@ class DataSection:
 
 
 @dataclass
-class MethodSection:
-    """name: a baseline loss or a meta-learned weighter; weighter options apply to the latter;
-    loss_params are hyper-parameters of a baseline loss (e.g. q for GCE)."""
+class MethodChoice:
+    """A registered method and its validated config (the recipe's ``[method]`` table)."""
 
-    name: str = "mwnet"
-    num_families: int = 3
-    hidden: int = 100
-    normalization: str = "sum"
-    input_norm: str = "log_classes"
-    loss_params: dict[str, float] = field(default_factory=dict)
+    name: str
+    config: Any
+
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.name)
+
+    def build(self) -> Method:
+        return self.spec.create(self.config)
+
+    @classmethod
+    def default(cls, name: str = DEFAULT_METHOD) -> MethodChoice:
+        return cls(name, method_spec(name).config_class())
 
 
 @dataclass
@@ -57,97 +64,86 @@ class Recipe:
     name: str = "recipe"
     description: str = ""
     seed: int = 0
+    imports: list[str] = field(default_factory=list)
     data: DataSection = field(default_factory=DataSection)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
-    method: MethodSection = field(default_factory=MethodSection)
-    meta: MetaConfig = field(default_factory=MetaConfig)
+    method: MethodChoice = field(default_factory=MethodChoice.default)
     schedule: Schedule = field(default_factory=Schedule)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: asdict(getattr(self, f.name)) if f.name in ("data", "schedule")
+               else getattr(self, f.name) for f in fields(self)}
+        out["method"] = config_dict(self.method.name, self.method.config)
+        return out
+
+    def with_method(self, name: str) -> Recipe:
+        """The same run with method ``name`` at its default config (a baseline)."""
+        return Recipe(self.name, self.description, self.seed, self.imports, self.data, self.model,
+                      MethodChoice.default(name), self.schedule)
 
     def validate(self, where: str | None = None) -> None:
         """Check values the types alone do not; errors name ``where`` (default: the recipe)."""
         where = where or f"recipe {self.name!r}"
-        if self.method.name not in METHODS:
-            raise ValueError(f"{where}: unknown method {self.method.name!r}; one of {', '.join(METHODS)}")
-        if self.method.normalization not in NORMALIZATIONS:
-            raise ValueError(f"{where}: method.normalization must be one of {NORMALIZATIONS}")
-        if self.method.input_norm not in INPUT_NORMS:
-            raise ValueError(f"{where}: method.input_norm must be one of {INPUT_NORMS}")
-        if self.meta.source not in ("clean", "train"):
-            raise ValueError(f"{where}: meta.source must be 'clean' or 'train'")
+        try:
+            spec = method_spec(self.method.name)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if not isinstance(self.method.config, spec.config_class):
+            raise ValueError(f"{where}: the config of method {self.method.name!r} must be a "
+                             f"{spec.config_class.__name__}")
         if "name" not in self.model:
             raise ValueError(f"{where}: [model] needs a name")
         if self.schedule.epochs < 1 or self.schedule.batch_size < 1:
             raise ValueError(f"{where}: schedule.epochs and schedule.batch_size must be >= 1")
-        if self.method.num_families < 1 or self.meta.per_class < 1:
-            raise ValueError(f"{where}: method.num_families and meta.per_class must be >= 1")
-        if self.meta.meta_interval < 1 or self.meta.meta_batch_size < 1:
-            raise ValueError(f"{where}: meta.meta_interval and meta.meta_batch_size must be >= 1")
-        if self.is_meta and self.schedule.warmup_epochs >= self.schedule.epochs:
-            raise ValueError(
-                f"{where}: schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than "
-                f"schedule.epochs ({self.schedule.epochs}), or the weighter is never meta-trained"
-            )
-
-    @property
-    def is_meta(self) -> bool:
-        return self.method.name in META_METHODS
-
-
-def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
-    """Validate ``value`` against a (simple) type annotation; ints are accepted as floats."""
-    hint = typing.get_origin(annotation)
-    if hint in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        for option in options:
+        if self.schedule.warmup_epochs < 0 or self.schedule.lr <= 0:
+            raise ValueError(f"{where}: schedule.warmup_epochs must be >= 0 and schedule.lr > 0")
+        check = getattr(self.method.config, "validate", None)
+        if check is not None:
             try:
-                return _check_type(value, option, key, where)
-            except ValueError:
-                continue
-        raise ValueError(f"{where}: {key} = {value!r} has the wrong type (expected {annotation})")
-    if annotation is type(None):
-        if value is None:
-            return None
-    elif hint is list:
-        if isinstance(value, list):
-            (item,) = typing.get_args(annotation)
-            return [_check_type(v, item, key, where) for v in value]
-    elif hint is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is Any or (isinstance(annotation, type) and isinstance(value, annotation)):
-        if not (annotation is int and isinstance(value, bool)):
-            return value
-    raise ValueError(f"{where}: {key} = {value!r} has the wrong type (expected {annotation})")
+                check(self.schedule)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
 
 
-def _build(cls: type, table: dict[str, Any], prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        names = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise ValueError(f"{where}: unknown key(s) {names} (known: {', '.join(sorted(known))})")
-    values = {}
-    for name, value in table.items():
-        annotation = hints[name]
-        if is_dataclass(annotation):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}: [{prefix}{name}] must be a table")
-            values[name] = _build(annotation, value, f"{prefix}{name}.", where)
-        else:
-            values[name] = _check_type(value, annotation, f"{prefix}{name}", where)
-    return cls(**values)
+def _method_choice(table: dict[str, Any], legacy_meta: Any, where: str) -> MethodChoice:
+    """The ``[method]`` table (plus a top-level ``[meta]``) validated by the method's config."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: [method] must be a table")
+    table = dict(table)
+    name = table.pop("name", DEFAULT_METHOD)
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: method.name = {name!r} must be a string")
+    try:
+        spec = method_spec(name)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if legacy_meta is not None:
+        if "meta" not in {f.name for f in fields(spec.config_class)}:
+            raise ValueError(f"{where}: [meta] is for meta-learning methods; method {name!r} takes none")
+        if "meta" in table:
+            raise ValueError(f"{where}: give the meta options once, in [meta] or in [method.meta]")
+        table["meta"] = legacy_meta
+    return MethodChoice(name, spec.parse(table, where))
+
+
+def _import_plugins(modules: Any, where: str) -> None:
+    """Import the recipe's ``imports`` (modules that register methods or estimators)."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ValueError(f"{where}: imports must be a list of module names")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"{where}: imports: cannot import {module!r} ({err})") from None
 
 
 def recipe_from_dict(table: dict[str, Any], where: str = "recipe") -> Recipe:
     """Build and validate a recipe from a parsed TOML table."""
-    recipe = _build(Recipe, table, "", where)
+    table = dict(table)
+    _import_plugins(table.get("imports", []), where)
+    method = _method_choice(table.pop("method", {}), table.pop("meta", None), where)
+    recipe = build_dataclass(Recipe, table, "", where)
+    recipe.method = method
     recipe.validate(where)
     return recipe
 
@@ -173,10 +169,35 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: invalid TOML ({err})") from None
+    _switch_method(table, overrides or [])
     for item in overrides or []:
         _apply_override(table, item)
     table.setdefault("name", path.stem)
-    return recipe_from_dict(table, where=str(path))
+    try:
+        return recipe_from_dict(table, where=str(path))
+    except ValueError as err:
+        blamed = [item for item in overrides or [] if _override_key(item) in str(err)]
+        if blamed:  # the value came from the command line, not from the file
+            reason = str(err).removeprefix(f"{path}: ")
+            raise ValueError(f"--set {blamed[-1]}: {reason}") from None
+        raise
+
+
+def _override_key(item: str) -> str:
+    """The last part of an override's key (``meta_lr`` for ``meta.meta_lr=1e-4``), as errors name it."""
+    return item.partition("=")[0].strip().split(".")[-1]
+
+
+def _switch_method(table: dict[str, Any], overrides: list[str]) -> None:
+    """``--set method.name=OTHER`` switches the method: the file's ``[method]`` keys and its
+    top-level ``[meta]`` belong to the file's method and are dropped (set the new method's
+    keys with more ``--set method.KEY=...``)."""
+    names = [item.partition("=")[2].strip().strip('"') for item in overrides
+             if item.partition("=")[0].strip() == "method.name"]
+    method = table.get("method", {})
+    if names and isinstance(method, dict) and method.get("name", DEFAULT_METHOD) != names[-1]:
+        table["method"] = {}
+        table.pop("meta", None)
 
 
 def _apply_override(table: dict[str, Any], item: str) -> None:

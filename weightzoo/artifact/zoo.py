@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from weightzoo.artifact import validate_artifact
+from weightzoo.artifact.format import validate_artifact
+from weightzoo.atomic import is_temporary, shared_mode, staging_dir
 
 ZOO_ENV = "WEIGHTZOO_ZOO"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -29,7 +29,9 @@ def zoo_root(path: str | Path | None = None) -> Path | None:
 
 def _check_name(name: str) -> None:
     parts = name.split("/")
-    if not parts or any(not p or p in (".", "..") or not re.match(r"^[\w.-]+$", p) for p in parts):
+    if len(parts) != 2 or any(
+        not p or p.startswith(".") or not re.match(r"^[\w.-]+$", p) for p in parts
+    ):
         raise ValueError(f"invalid zoo name {name!r}: use 'org/name' with letters, digits, . _ -")
 
 
@@ -38,7 +40,7 @@ def versions(root: Path, name: str) -> list[int]:
     entry = root / name
     if not entry.is_dir():
         return []
-    found = (_VERSION.match(p.name) for p in entry.iterdir() if p.is_dir())
+    found = (_VERSION.match(p.name) for p in entry.iterdir() if p.is_dir() and not is_temporary(p.name))
     return sorted(int(m.group(1)) for m in found if m)
 
 
@@ -47,21 +49,22 @@ def publish(directory: str | Path, root: str | Path, name: str) -> Path:
     _check_name(name)
     validate_artifact(directory)
     entry = Path(root) / name
-    entry.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=".push-", dir=entry))
-    try:
+    with staging_dir(entry / "push") as staged:
         shutil.copytree(directory, staged / "w")
-        while True:  # claim the next free version; os.rename fails if another push took it
-            number = (versions(Path(root), name) or [0])[-1] + 1
-            target = entry / f"v{number:04d}"
-            try:
-                os.rename(staged / "w", target)
-                return target
-            except OSError:
-                if not target.exists():
-                    raise
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        for path in [staged / "w", *(staged / "w").rglob("*")]:  # shared, whatever the source had
+            path.chmod(shared_mode(path.is_dir()))
+        try:
+            while True:  # claim the next free version; os.rename fails if another push took it
+                number = (versions(Path(root), name) or [0])[-1] + 1
+                target = entry / f"v{number:04d}"
+                try:
+                    os.rename(staged / "w", target)
+                    return target
+                except OSError:
+                    if not target.exists():
+                        raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def locate(root: Path, name: str, version: str | None = None) -> Path | None:

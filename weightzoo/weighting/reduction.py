@@ -11,6 +11,8 @@ A zero weight sum falls back to a denominator of 1 (the reference code's guard).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -42,6 +44,11 @@ def weighted_terms(
     raise ValueError(f"unknown normalization {mode!r}; one of sum, mean, detached_sum")
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 (autocast) losses in fp32; fp32 and fp64 unchanged."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """numerator / denominator with the zero-sum guard (a denominator <= 0 counts as 1)."""
     return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
@@ -50,3 +57,25 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
 def reduce_weighted(losses: torch.Tensor, weights: torch.Tensor | None, mode: str) -> torch.Tensor:
     """losses (B,), weights (B,) -> scalar loss normalised by ``mode``."""
     return safe_divide(*weighted_terms(losses, weights, mode))
+
+
+@dataclass
+class LossTerm:
+    """A named part of a training objective: per-sample losses (B,), their weights (B,) or
+    None for the plain mean, the normalisation mode, and the term's coefficient."""
+
+    losses: torch.Tensor
+    weights: torch.Tensor | None = None
+    normalization: str = "mean"
+    coef: float = 1.0
+
+    def terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(numerator, denominator) of this term (see :func:`weighted_terms`)."""
+        return weighted_terms(at_least_fp32(self.losses), self.weights, self.normalization)
+
+
+def total_loss(terms: dict[str, LossTerm]) -> torch.Tensor:
+    """Single-process objective: sum over terms of coef * numerator / denominator."""
+    if not terms:
+        raise ValueError("a training objective needs at least one loss term")
+    return sum(term.coef * safe_divide(*term.terms()) for term in terms.values())  # type: ignore[return-value]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-SCHEMA_VERSION = 1
+from weightzoo.artifact.mixin import ArtifactMixin
+from weightzoo.typed_tables import from_known_keys
 
 WeighterKind = Literal["mwnet", "cmwnet"]
 Normalization = Literal["sum", "mean", "detached_sum"]
@@ -37,7 +38,8 @@ class WeighterConfig:
     normalization: how weights reduce a batch of losses (see ``weightzoo.reduction``).
     base_loss: the per-sample loss the weighter was trained on (``ce``).
     source_num_classes: number of classes of the meta-training data.
-    metadata: free-form provenance (source data, bias, method, metrics, family centres).
+    metadata: provenance (source data, bias, method, metrics, family centres); the
+        artifact module reads and writes it as a typed ``Provenance`` record.
     """
 
     kind: WeighterKind = "cmwnet"
@@ -47,11 +49,10 @@ class WeighterConfig:
     normalization: Normalization = "sum"
     base_loss: str = "ce"
     source_num_classes: int = 10
-    schema_version: int = SCHEMA_VERSION
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "num_families", "source_num_classes", "schema_version"):
+        for name in ("hidden", "num_families", "source_num_classes"):
             value = getattr(self, name)
             # numpy integers are fine; floats, bools and strings are not (e.g. from a hand-edited file)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -77,11 +78,7 @@ class WeighterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeighterConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown weighter config keys: {', '.join(unknown)}")
-        return cls(**data)
+        return from_known_keys(cls, data, "weighter config")
 
 
 def loss_input_scale(input_norm: str, num_classes: int) -> float:
@@ -92,11 +89,13 @@ def loss_input_scale(input_norm: str, num_classes: int) -> float:
     return 1.0 / math.log(num_classes) if num_classes > 1 else 1.0
 
 
-class CMWNet(nn.Module):
+class CMWNet(ArtifactMixin, nn.Module):
     """Class-aware Meta-Weight-Net: shared Linear(1,h)+ReLU, K heads Linear(h,1)+Sigmoid.
 
     ``forward(losses[B], families[B] | None, num_classes) -> weights[B]`` in [0, 1].
     The head of each sample is picked by a gather over the (B, K) head outputs.
+    ``save_pretrained(dir)``, ``from_pretrained(name)`` and ``push_to_hub(repo)`` follow
+    the Hugging Face Hub's model conventions (see ``weightzoo.artifact``).
     """
 
     def __init__(self, config: WeighterConfig | None = None, **overrides: Any) -> None:

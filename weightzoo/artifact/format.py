@@ -1,97 +1,102 @@
-"""The weighter artifact: the one place that defines its on-disk format.
+"""The artifact format: the one place that defines a weighter directory on disk.
 
 A weighter directory holds
 - ``model.safetensors``: the tensors; its ``__metadata__`` carries the config as JSON
   under ``weightzoo_config`` (and the schema version under ``weightzoo_schema``);
-- ``config.json``: the same config, human-readable;
+- ``config.json``: the same config, human-readable, with ``schema_version``;
 - ``README.md``: the generated model card;
 - ``curve.png``: the learned weight-vs-loss curves (optional).
 
+The config's ``metadata`` is the run's provenance, a :class:`Provenance` record.
 Loading is strict: a missing file, a truncated or non-safetensors file, an unknown schema
-version, config.json disagreeing with the tensors' metadata, or missing/unexpected/
-misshapen tensors each raise :class:`WeighterFileError` naming the file.
-Saving is atomic: files are written to a temporary sibling directory that then replaces
-the target, so a crash never leaves a half-written weighter behind.
+version, a config key missing or unknown, config.json disagreeing with the tensors'
+metadata, missing / unexpected / misshapen tensors, or a non-finite value in a tensor each
+raise :class:`WeighterFileError` naming the file (and the key or tensor).
+Saving is atomic (:mod:`weightzoo.atomic`): the name always resolves to the old or the new
+complete artifact.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from weightzoo.weighters import SCHEMA_VERSION, CMWNet, WeighterConfig, build_weighter
+from weightzoo.atomic import json_safe, recover, staging_dir, swap_in
+from weightzoo.typed_tables import from_known_keys, short_list
+from weightzoo.weighting.nets import CMWNet, WeighterConfig, build_weighter
 
+SCHEMA_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 CURVE_NAME = "curve.png"
 ARTIFACT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+HUB_FILES = (*ARTIFACT_FILES, CURVE_NAME)
 
 
 class WeighterFileError(ValueError):
     """A weighter file is missing, corrupt, or does not match its config."""
 
 
-def save_weighter(
-    weighter: CMWNet, directory: str | Path, *, curve: bool = True,
-    extra_files: dict[str, Callable[[Path], None]] | None = None,
-) -> Path:
-    """Write the artifact to ``directory`` atomically; returns the directory.
+@dataclass
+class Provenance:
+    """Where a weighter comes from; stored as ``config.metadata`` and rendered in the card.
 
-    extra_files: name -> writer(path) for additional files (e.g. metrics) written into
-    the same atomic swap.
+    source: dataset, bias spec, bias report, n_train, n_meta.
+    method: method name, its config, the schedule and the model.
+    families: the source data's task families (centres, family of each class).
+    metrics: final metrics of the training run; baseline: CE on identical data.
     """
-    from weightzoo.card import render_model_card
-    from weightzoo.plotting import plot_curves
+
+    name: str = ""
+    description: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    families: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+    seed: int | None = None
+
+    def to_metadata(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> Provenance:
+        """Read ``config.metadata``; unknown keys are an error (a file from another tool)."""
+        return from_known_keys(cls, metadata, "metadata")
+
+
+def config_json(config: WeighterConfig) -> str:
+    """The config as written to config.json and to the safetensors metadata."""
+    return json.dumps({**config.to_dict(), "schema_version": SCHEMA_VERSION}, indent=2, sort_keys=True)
+
+
+def save_artifact(weighter: CMWNet, directory: str | Path, *, curve: bool = True) -> Path:
+    """Write the artifact to ``directory`` atomically; returns the directory."""
+    from weightzoo.artifact.card import render_model_card
+    from weightzoo.artifact.curve import plot_curves
 
     target = Path(directory).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        config = weighter.config.to_dict()
-        config_json = json.dumps(config, indent=2, sort_keys=True)
+    with staging_dir(target) as tmp:
+        text = config_json(weighter.config)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weighter.state_dict().items()}
         save_file(
             tensors, str(tmp / WEIGHTS_NAME),
-            metadata={"weightzoo_config": config_json, "weightzoo_schema": str(SCHEMA_VERSION)},
+            metadata={"weightzoo_config": text, "weightzoo_schema": str(SCHEMA_VERSION)},
         )
-        (tmp / CONFIG_NAME).write_text(config_json + "\n", encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         if curve:
             plot_curves(weighter, tmp / CURVE_NAME)
-        for name, writer in (extra_files or {}).items():
-            writer(tmp / name)
-        (tmp / CARD_NAME).write_text(
-            render_model_card(weighter, has_curve=curve), encoding="utf-8"
-        )
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / CARD_NAME).write_text(render_model_card(weighter, has_curve=curve), encoding="utf-8")
+        swap_in(tmp, target)
     return target
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``: an existing target is moved aside first, then removed."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / "x")
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old / "x", target)  # put the previous weighter back
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_config(directory: str | Path) -> WeighterConfig:
@@ -109,33 +114,41 @@ def read_config(directory: str | Path) -> WeighterConfig:
 def _config_from_dict(data: object, path: Path) -> WeighterConfig:
     if not isinstance(data, dict):
         raise WeighterFileError(f"{path}: expected a JSON object")
-    version = data.get("schema_version")
+    data = dict(data)
+    version = data.pop("schema_version", None)
     if version != SCHEMA_VERSION:
         raise WeighterFileError(
             f"{path}: unknown schema_version {version!r} (this weightzoo reads {SCHEMA_VERSION}); "
             "upgrade weightzoo or re-export the weighter"
         )
+    missing = sorted({f.name for f in fields(WeighterConfig)} - set(data))
+    if missing:
+        raise WeighterFileError(f"{path}: config key(s) missing: {short_list(missing)}")
     try:
-        return WeighterConfig.from_dict(data)
+        config = WeighterConfig.from_dict(data)
+        Provenance.from_metadata(config.metadata)
     except (TypeError, ValueError) as err:
         raise WeighterFileError(f"{path}: invalid config ({err})") from None
+    return config
 
 
-def load_weighter(directory: str | Path, map_location: str | torch.device = "cpu") -> CMWNet:
+def _read_tensors(weights_path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as f:
+            return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise WeighterFileError(f"{weights_path}: not a readable safetensors file ({err})") from None
+
+
+def load_artifact(directory: str | Path, map_location: str | torch.device = "cpu") -> CMWNet:
     """Load a weighter directory strictly; raises :class:`WeighterFileError` on any mismatch."""
     directory = Path(directory)
+    recover(directory)
     config = read_config(directory)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise WeighterFileError(f"{weights_path}: missing")
-    try:
-        with safe_open(str(weights_path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise WeighterFileError(
-            f"{weights_path}: not a readable safetensors file ({err})"
-        ) from None
+    metadata, tensors = _read_tensors(weights_path)
     meta_json = metadata.get("weightzoo_config")
     if meta_json is None:
         raise WeighterFileError(f"{weights_path}: no weightzoo_config in the safetensors metadata")
@@ -155,7 +168,7 @@ def load_weighter(directory: str | Path, map_location: str | torch.device = "cpu
     if missing or unexpected:
         raise WeighterFileError(
             f"{weights_path}: tensors do not match the config "
-            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
+            f"(missing: {short_list(missing) or 'none'}; unexpected: {short_list(unexpected) or 'none'})"
         )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
@@ -163,6 +176,8 @@ def load_weighter(directory: str | Path, map_location: str | torch.device = "cpu
                 f"{weights_path}: tensor {key} has shape {tuple(value.shape)}, the config implies "
                 f"{tuple(expected[key].shape)}"
             )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeighterFileError(f"{weights_path}: tensor {key} holds NaN or inf values")
     weighter.load_state_dict(tensors, strict=True)
     weighter.requires_grad_(False)
     return weighter.to(map_location).eval()
@@ -171,9 +186,10 @@ def load_weighter(directory: str | Path, map_location: str | torch.device = "cpu
 def validate_artifact(directory: str | Path) -> CMWNet:
     """Check a directory is a complete weighter artifact (all files present, loads strictly)."""
     directory = Path(directory)
+    recover(directory)
     if not directory.is_dir():
         raise WeighterFileError(f"{directory}: not a directory")
     for name in ARTIFACT_FILES:
         if not (directory / name).is_file():
             raise WeighterFileError(f"{directory / name}: missing")
-    return load_weighter(directory)
+    return load_artifact(directory)

@@ -1,11 +1,8 @@
 """Generate a weighter's model card (``README.md``) with Hub metadata.
 
 The card is rendered from the weighter's config alone, so it always agrees with the
-tensors it describes.  Provenance lives in ``config.metadata`` under these keys (all
-optional): ``source`` (dataset, bias, bias_report), ``method`` (name and
-hyper-parameters), ``families`` (centres and class counts), ``metrics`` (final metrics
-of the meta-training run), ``baseline`` (the CE baseline on the same data),
-``command`` and ``seed``.
+tensors it describes.  Provenance is the typed ``Provenance`` record of
+``weightzoo.artifact.format`` stored in ``config.metadata``.
 """
 
 from __future__ import annotations
@@ -15,17 +12,18 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from weightzoo.plotting import family_names
-from weightzoo.weighters import CMWNet
+from weightzoo.artifact.curve import curve_table
+from weightzoo.artifact.format import Provenance
+from weightzoo.weighting.nets import CMWNet
 
 LIBRARY_NAME = "weightzoo"
 
 
 def card_tags(weighter: CMWNet) -> list[str]:
     """Hub search tags: library, kind, and the kind of bias it was trained on."""
-    meta = weighter.config.metadata
+    provenance = Provenance.from_metadata(weighter.config.metadata)
     tags = [LIBRARY_NAME, "sample-reweighting", "meta-learning", weighter.config.kind]
-    bias = str(meta.get("source", {}).get("bias", ""))
+    bias = str(provenance.source.get("bias", ""))
     if any(k in bias for k in ("symmetric", "asymmetric", "pairflip", "instance")):
         tags.append("noisy-labels")
     if "longtail" in bias:
@@ -37,26 +35,12 @@ def _json_block(value: Any) -> str:
     return "```json\n" + json.dumps(value, indent=2, sort_keys=True) + "\n```"
 
 
-def _weight_table(weighter: CMWNet) -> str:
-    losses = weighter.loss_grid(9)
-    weights = weighter.curve(losses)
-    names = family_names(weighter.num_families)
-    header = "| loss | " + " | ".join(names) + " |"
-    rule = "|---|" + "---|" * len(names)
-    rows = [
-        f"| {loss:.3f} | " + " | ".join(f"{w:.3f}" for w in row.tolist()) + " |"
-        for loss, row in zip(losses.tolist(), weights, strict=True)
-    ]
-    return "\n".join([header, rule, *rows])
-
-
 def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
     """Markdown with YAML front matter (library_name, tags) for ``README.md``."""
     cfg = weighter.config
-    meta = cfg.metadata
-    source = meta.get("source", {})
-    method = meta.get("method", {})
-    name = meta.get("name", f"{cfg.kind} weighter")
+    meta = Provenance.from_metadata(cfg.metadata)
+    source, method = meta.source, meta.method
+    name = meta.name or f"{cfg.kind} weighter"
     data = ModelCardData(
         library_name=LIBRARY_NAME, tags=card_tags(weighter), license="apache-2.0",
         datasets=[source["dataset"]] if source.get("dataset") else None,
@@ -70,7 +54,7 @@ def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
         "## Usage",
         "```python\nfrom weightzoo import WeightedLoss\n\n"
         "# NAME: a shipped zoo name, a local directory, or a Hub repo id org/name[@revision]\n"
-        f"crit = WeightedLoss.from_pretrained(\"{meta.get('name', 'NAME')}\", "
+        "crit = WeightedLoss.from_pretrained(\"NAME\", "
         "labels=train_labels, num_classes=C)\n"
         "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```",
         "## Weighting function",
@@ -79,21 +63,19 @@ def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
         + f"; weighted-loss normalisation: `{cfg.normalization}`",
         f"- source classes: {cfg.source_num_classes}; hidden width: {cfg.hidden}",
         "Weight at raw losses from 0 to 3 ln C (source C):",
-        _weight_table(weighter),
+        curve_table(weighter, 9).markdown(),
     ]
     if has_curve:
         sections.append("![weight vs loss](curve.png)")
     if source:
         sections += ["## Training data", _json_block(source)]
-    if meta.get("families"):
-        sections += ["## Task families (source data)", _json_block(meta["families"])]
+    if meta.families:
+        sections += ["## Task families (source data)", _json_block(meta.families)]
     if method:
         sections += ["## Method", _json_block(method)]
-    if meta.get("metrics") or meta.get("baseline"):
-        sections += ["## Metrics", _json_block(
-            {"weighter": meta.get("metrics", {}), "ce_baseline": meta.get("baseline", {})}
-        )]
-    if meta.get("command"):
-        sections += ["## Reproduce", f"```bash\n{meta['command']}\n```"]
+    if meta.metrics or meta.baseline:
+        sections += ["## Metrics", _json_block({"weighter": meta.metrics, "ce_baseline": meta.baseline})]
+    if meta.command:
+        sections += ["## Reproduce", f"```bash\n{meta.command}\n```"]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     return str(ModelCard(content))

@@ -1,11 +1,13 @@
 """``WeightedLoss``: a frozen weighter as a drop-in loss wrapper (CMW-Net Algorithm 3).
 
     crit = WeightedLoss.from_pretrained("cmwnet-fmnist-mixed", labels=train_labels)
-    loss = crit(logits, targets)            # per-sample CE, weighted and normalised
-    loss = crit.weigh(per_sample_losses, classes)   # any per-sample loss
+    loss = crit(logits, targets)                        # per-sample CE, weighted and normalised
+    loss = crit.reduce_losses(per_sample_losses, classes)   # any per-sample loss
 
 Families are re-fitted by k-means on the *target* data's class counts; the loss input is
-scaled as the weighter's config says (e.g. loss / ln C of the target data).
+scaled as the weighter's config says (e.g. loss / ln C of the target data).  The weights
+come from :class:`~weightzoo.weighting.sample_weighting.SampleWeighting`, the same path
+training uses.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from weightzoo.families import TaskFamilies, class_counts
 from weightzoo.losses import per_sample_loss
-from weightzoo.reduction import reduce_weighted
-from weightzoo.weighters import CMWNet
+from weightzoo.weighting.families import TaskFamilies, class_counts
+from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.sample_weighting import SampleWeighting
 
 
 class WeightedLoss(nn.Module):
@@ -39,22 +41,25 @@ class WeightedLoss(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if weighter.num_families > 1 and families is None:
-            raise ValueError(
-                "a CMW-Net weighter needs task families: pass class_counts= or labels= "
-                "(the training labels) so that families can be fitted"
-            )
-        if families is not None and families.num_families != weighter.num_families:
-            raise ValueError(
-                f"families have K={families.num_families}, the weighter has "
-                f"{weighter.num_families} heads"
-            )
-        self.weighter = weighter.eval().requires_grad_(False)
-        self.families = families
-        self.num_classes = num_classes or (families.num_classes if families else None)
-        table = families.family_of_class if families is not None else torch.zeros(0, dtype=torch.long)
-        self.register_buffer("family_of_class", table.clone(), persistent=False)
+        self.weighting = SampleWeighting(weighter.eval().requires_grad_(False), families, num_classes)
         self.last_weights = None
+
+    @property
+    def weighter(self) -> CMWNet:
+        return self.weighting.weighter
+
+    @property
+    def families(self) -> TaskFamilies | None:
+        return self.weighting.families
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.weighting.num_classes
+
+    @property
+    def family_of_class(self) -> torch.Tensor:
+        """(C,) family of each class of the data (empty for a weighter without families)."""
+        return self.weighting.family_of_class
 
     @classmethod
     def from_pretrained(
@@ -69,9 +74,7 @@ class WeightedLoss(nn.Module):
         class_counts: (C,) per-class counts of the training labels, or
         labels: (N,) the training labels as given (noisy labels included).
         """
-        from weightzoo.hub import load_pretrained_weighter
-
-        weighter = load_pretrained_weighter(
+        weighter = CMWNet.from_pretrained(
             name_or_path, revision=revision, local_files_only=local_files_only
         )
         return cls.for_data(
@@ -94,17 +97,6 @@ class WeightedLoss(nn.Module):
             raise ValueError("pass class_counts= or labels= to fit the task families")
         return cls(weighter, families, num_classes or (len(counts) if counts is not None else None))
 
-    def _classes_checked(self, classes: torch.Tensor, num_classes: int | None) -> torch.Tensor:
-        classes = classes.long()
-        limit = self.family_of_class.numel() or num_classes
-        if not limit:
-            return classes
-        out_of_range = (classes < 0) | (classes >= limit)
-        if bool(out_of_range.any()):  # one host sync per batch; the error path pays the rest
-            bad = classes[out_of_range][0]
-            raise ValueError(f"target class {int(bad)} is out of range for {limit} classes")
-        return classes
-
     def weights(
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
         *, checked: bool = False,
@@ -114,25 +106,16 @@ class WeightedLoss(nn.Module):
         num_classes: classes of the data, when neither the constructor nor families gave it.
         checked: the caller has already range-checked ``classes`` (skips a host sync).
         """
-        if losses.shape != classes.shape:
-            raise ValueError(f"losses {tuple(losses.shape)} and classes {tuple(classes.shape)} differ")
-        num_classes = self.num_classes or num_classes
-        classes = classes.long() if checked else self._classes_checked(classes, num_classes)
-        if next(self.weighter.parameters()).device != losses.device:
-            self.to(losses.device)  # the device follows the inputs
-        families = self.family_of_class[classes] if self.family_of_class.numel() else None
-        with torch.no_grad(), torch.autocast(losses.device.type, enabled=False):
-            weights = self.weighter(losses.float(), families, num_classes)
-        return torch.where(torch.isfinite(losses), weights, torch.zeros_like(weights))
+        return self.weighting.weights(losses, classes, num_classes, checked=checked)
 
-    def weigh(
+    def reduce_losses(
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
         *, checked: bool = False,
     ) -> torch.Tensor:
         """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
         weights = self.weights(losses, classes, num_classes, checked=checked)
         self.last_weights = weights
-        return reduce_weighted(losses.float(), weights, self.weighter.config.normalization)
+        return self.weighting.reduce(losses, weights)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
@@ -148,10 +131,10 @@ class WeightedLoss(nn.Module):
                 f"soft targets {tuple(targets.shape)} and logits {tuple(logits.shape)} differ"
             )
         hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
-        self._classes_checked(hard, logits.shape[1])
+        self.weighting.check_classes(hard, logits.shape[1])
         soft = targets.float() if targets.dim() == 2 else targets
         losses = per_sample_loss("ce", logits.float(), soft)
-        return self.weigh(losses, hard, logits.shape[1], checked=True)
+        return self.reduce_losses(losses, hard, logits.shape[1], checked=True)
 
 
 def _resolve_counts(

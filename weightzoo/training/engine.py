@@ -1,10 +1,10 @@
-"""The training engine: one loop for every loss strategy (plain, robust, frozen or meta-learned
-weighter), on CPU or CUDA (mixed precision), in one process or data-parallel under torchrun.
+"""The training engine: one loop for every training method (see ``weightzoo.methods``), on CPU
+or CUDA (mixed precision), in one process or data-parallel under torchrun.
 
-A :class:`Strategy` turns a batch into per-sample losses and (optional) weights; the engine
-does everything else: seeded batching, the SGD step with the multi-step learning-rate
-schedule, evaluation (overall, per class, head/medium/tail), checkpoints every epoch and
-bit-identical resume, progress bars and the metrics history.
+A :class:`~weightzoo.methods.base.Method` turns a batch into named loss terms (and the
+weights it used); the engine does everything else: seeded batching, the SGD step with the
+multi-step learning-rate schedule, evaluation (overall, per class, head/medium/tail),
+checkpoints every epoch and bit-identical resume, progress bars and the metrics history.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import math
 import sys
 import time
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,18 @@ from torch import nn
 from tqdm import tqdm
 
 from weightzoo import distributed
-from weightzoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from weightzoo.reduction import safe_divide, weighted_terms
+from weightzoo.methods.base import Batch, Method, StepOutput
+from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from weightzoo.weighting.reduction import safe_divide
 
 
 @dataclass
 class Schedule:
     """SGD schedule.  The lr is multiplied by ``gamma`` at each epoch in ``milestones``.
 
-    warmup_epochs: epochs of plain CE before a strategy's weighting (and meta steps) start.
-    augment: random crop (4-pixel zero padding) + horizontal flip for images >= 28 px.
+    warmup_epochs: epochs of plain CE before a method's weighting (and meta steps) start.
+    augment: the labelled view is a random crop (4-pixel zero padding) + horizontal flip
+        for images >= 28 px (``weightzoo.training.views.crop_flip``).
     amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling).
     """
 
@@ -69,50 +70,9 @@ class TrainingSet:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.y.numpy(), minlength=self.num_classes)
 
-
-@dataclass
-class Batch:
-    """One training batch as a strategy sees it: x (B, ...), y (B,), index (B,) into the
-    training set, the epoch, global iteration and current lr, and whether it is warm-up."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-    epoch: int
-    iteration: int
-    lr: float
-    warmup: bool
-
-
-class Strategy(ABC):
-    """Per-sample losses and weights for a batch.  Subclasses implement ``losses``."""
-
-    name = "strategy"
-
-    def setup(self, trainer: Trainer) -> None:  # noqa: B027 - optional hook
-        """Called once before training (and before a checkpoint's state is loaded)."""
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:  # noqa: B027 - optional hook
-        """Called at the start of every epoch (e.g. to rebuild a meta set)."""
-
-    @abstractmethod
-    def losses(
-        self, trainer: Trainer, batch: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-        """(losses (B,), weights (B,) or None for the plain mean, normalisation mode)."""
-
-    def after_step(self, trainer: Trainer) -> None:  # noqa: B027 - optional hook
-        """Called after every real optimizer step."""
-
-    def epoch_metrics(self) -> dict[str, float]:
-        """Extra numbers for the epoch's metrics row (reset each epoch)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Restore what ``state_dict`` returned."""
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} training inputs but {len(self.y)} labels")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -129,7 +89,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` with ``strategy``; see :meth:`fit`.
+    """Trains ``model`` on ``data`` with a training method; see :meth:`fit`.
 
     out_dir: where ``checkpoint.pt`` is written after every epoch (None: no checkpoints).
     record_weights: keep the last weight of every training sample (for weight reports).
@@ -182,53 +142,60 @@ class Trainer:
             enabled=self.amp_dtype is not None,
         )
 
+    def global_class_counts(self) -> np.ndarray:
+        """Per-class counts (C,) of the whole training set, summed over the ranks' shards."""
+        shard = self.data.y[self.rank :: self.world]
+        local = torch.bincount(shard, minlength=self.data.num_classes).to(self.device)
+        return distributed.all_reduce_sum(local).cpu().numpy()
+
     # ----------------------------------------------------------------------------------
-    def fit(self, strategy: Strategy, resume: bool = False) -> list[dict[str, Any]]:
+    def fit(self, method: Method, resume: bool = False) -> list[dict[str, Any]]:
         """Run all epochs; with ``resume``, continue from ``out_dir/checkpoint.pt`` if it exists
         (a finished run then only reloads its history)."""
-        strategy.setup(self)
+        method.setup(self)
         if resume and self.out_dir is None:
             raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
         if resume and (self.out_dir / CHECKPOINT_NAME).exists():
             path = self.out_dir / CHECKPOINT_NAME
             state = load_checkpoint(path)
-            self._check_same_run(path, state, strategy)
-            self._load(strategy, state)
+            self._check_same_run(path, state, method)
+            self._load(method, state)
         for epoch in range(self.start_epoch, self.schedule.epochs):
-            row = self._epoch(strategy, epoch)
+            row = self._epoch(method, epoch)
             self.history.append(row)
             if self.out_dir is not None:
                 if self.rank == 0:
-                    save_checkpoint(self.out_dir / CHECKPOINT_NAME, self._state(strategy, epoch))
+                    save_checkpoint(self.out_dir / CHECKPOINT_NAME, self._state(method, epoch))
                 distributed.barrier()
         return self.history
 
-    def _epoch(self, strategy: Strategy, epoch: int) -> dict[str, Any]:
+    def _epoch(self, method: Method, epoch: int) -> dict[str, Any]:
         started = time.perf_counter()
         lr = self.schedule.lr_at(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        strategy.on_epoch_start(self, epoch)
+        method.on_epoch_start(self, epoch)
         batches = self._batches(epoch)
         total, count = 0.0, 0
         bar = tqdm(
             batches, desc=f"{self.desc} {epoch + 1}/{self.schedule.epochs}", file=sys.stderr,
             disable=not self.progress, leave=False, dynamic_ncols=True,
         )
+        logs: dict[str, list[float]] = {}
         for index in bar:
-            batch = Batch(
-                x=self._augment(self.data.x[index].to(self.device)),
-                y=self.data.y[index].to(self.device), index=index, epoch=epoch,
-                iteration=self.iteration, lr=lr, warmup=epoch < self.schedule.warmup_epochs,
-            )
-            loss = self._step(strategy, batch)
+            batch = method.collate(self, index, epoch=epoch, iteration=self.iteration, lr=lr,
+                                     warmup=epoch < self.schedule.warmup_epochs)
+            loss, step_logs = self._step(method, batch)
             total, count = total + loss, count + 1
+            for key, value in step_logs.items():
+                logs.setdefault(key, []).append(value)
             self.iteration += 1
             bar.set_postfix(loss=f"{loss:.4f}")
         self._share_sample_weights()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(count, 1)}
-        row.update(strategy.epoch_metrics())
+        row.update({key: float(np.mean(values)) for key, values in logs.items()})
+        row.update(method.epoch_metrics())
         row.update(self.evaluate())
         row["seconds"] = round(time.perf_counter() - started, 3)
         if self.progress:
@@ -238,20 +205,18 @@ class Trainer:
             )
         return row
 
-    def _step(self, strategy: Strategy, batch: Batch) -> float:
+    def _step(self, method: Method, batch: Batch) -> tuple[float, dict[str, float]]:
+        """One real step; returns the (global) training loss and the step's logs."""
         with self.autocast():
-            losses, weights, mode = strategy.losses(self, batch)
-        numerator, denominator = weighted_terms(losses.float(), weights, mode)
-        # Data-parallel: every rank divides by the global denominator and DDP averages the
-        # gradients over ranks, so rank losses are scaled by the world size.
-        global_den = distributed.all_reduce_sum(denominator.detach())
-        loss = safe_divide(numerator, global_den) * self.world
+            output = method.step(self, batch)
+        loss = self._objective(output)
         reported = float(distributed.all_reduce_sum(loss.detach())) / self.world
         if not math.isfinite(reported):
             raise FloatingPointError(
                 f"non-finite training loss at epoch {batch.epoch + 1}, iteration {batch.iteration} "
                 "(diverged? lower the learning rate)"
             )
+        weights = output.weights
         if self.sample_weights is not None and weights is not None:
             self.sample_weights[batch.index] = weights.detach().float().cpu()
             if self._weighted_here is not None:
@@ -260,8 +225,27 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        strategy.after_step(self)
-        return reported
+        method.after_step(self, batch, output)
+        logs = dict(output.logs)
+        if len(output.terms) > 1:
+            logs.update({f"{name}_loss": float(safe_divide(*term.terms()).detach())
+                         for name, term in output.terms.items()})
+        return reported, logs
+
+    def _objective(self, output: StepOutput) -> torch.Tensor:
+        """Sum over terms of coef * numerator / global denominator.
+
+        Data-parallel: every rank divides by the global denominator and DDP averages the
+        gradients over ranks, so rank losses are scaled by the world size.
+        """
+        if not output.terms:
+            raise ValueError("a method's step returned no loss terms")
+        total = None
+        for term in output.terms.values():
+            numerator, denominator = term.terms()
+            part = term.coef * safe_divide(numerator, distributed.all_reduce_sum(denominator.detach()))
+            total = part if total is None else total + part
+        return total * self.world
 
     def _share_sample_weights(self) -> None:
         """Data-parallel: each rank recorded the weights of its own shards only; give every rank
@@ -286,22 +270,6 @@ class Trainer:
             chunks.pop()
         return [c[self.rank :: self.world] for c in chunks]
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random 4-pixel-padded crop and horizontal flip for (B, C, H, W) images."""
-        if not self.schedule.augment or x.dim() != 4 or x.shape[-1] < 28:
-            return x
-        b, _, h, w = x.shape
-        padded = nn.functional.pad(x, (4, 4, 4, 4))
-        oy = torch.randint(0, 9, (b,), device=x.device)
-        ox = torch.randint(0, 9, (b,), device=x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch_idx = torch.arange(b, device=x.device)[:, None, None, None]
-        chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        cropped = padded[batch_idx, chan_idx, rows, cols]
-        flip = torch.rand(b, device=x.device) < 0.5
-        return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
-
     # ----------------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """Predicted classes (N,) for inputs x (N, ...), in eval mode."""
@@ -322,21 +290,21 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------
-    def _run_identity(self, strategy: Strategy) -> dict[str, Any]:
-        """What a checkpoint must share with the run resuming it: strategy, seed, schedule
+    def _run_identity(self, method: Method) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it: method, seed, schedule
         (the number of epochs may grow) and the training data (shape and labels)."""
         schedule = asdict(self.schedule)
         del schedule["epochs"]
         labels = self.data.y.detach().cpu().numpy().astype(np.int64)
         return {
-            "strategy": strategy.name, "seed": self.seed, "schedule": schedule,
+            "method": method.identity, "seed": self.seed, "schedule": schedule,
             "train_shape": list(self.data.x.shape),
             "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
         }
 
-    def _check_same_run(self, path: Path, state: dict[str, Any], strategy: Strategy) -> None:
+    def _check_same_run(self, path: Path, state: dict[str, Any], method: Method) -> None:
         saved = state.get("run") or {}
-        current = self._run_identity(strategy)
+        current = self._run_identity(method)
         differ = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
         if differ:
             raise ValueError(
@@ -344,12 +312,12 @@ class Trainer:
                 "the same settings, or pick another output directory"
             )
 
-    def _state(self, strategy: Strategy, epoch: int) -> dict[str, Any]:
+    def _state(self, method: Method, epoch: int) -> dict[str, Any]:
         state = {
-            "run": self._run_identity(strategy),
+            "run": self._run_identity(method),
             "epoch": epoch, "iteration": self.iteration,
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "strategy": strategy.state_dict(),
+            "scaler": self.scaler.state_dict(), "method": method.state_dict(),
             "history": self.history, "rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -358,11 +326,11 @@ class Trainer:
             state["sample_weights"] = self.sample_weights
         return state
 
-    def _load(self, strategy: Strategy, state: dict[str, Any]) -> None:
+    def _load(self, method: Method, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        strategy.load_state_dict(state["strategy"])
+        method.load_state_dict(state["method"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
         self.iteration = int(state["iteration"])

@@ -24,11 +24,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from weightzoo import zoo
-from weightzoo.artifact import ARTIFACT_FILES, CURVE_NAME, validate_artifact
-from weightzoo.weighters import CMWNet
-
-HUB_FILES = [*ARTIFACT_FILES, CURVE_NAME]
+from weightzoo.artifact import zoo
+from weightzoo.artifact.format import CONFIG_NAME, HUB_FILES, validate_artifact
+from weightzoo.weighting.nets import CMWNet
 
 
 class WeighterNotFoundError(LookupError):
@@ -42,7 +40,7 @@ def builtin_root() -> Path:
 
 def builtin_names() -> list[str]:
     root = builtin_root()
-    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
 
 
 def split_revision(name: str) -> tuple[str, str | None]:
@@ -58,7 +56,7 @@ def resolve(
     text = str(name)
     looked: list[str] = []
     builtin = builtin_root() / text
-    if "/" not in text and (builtin / "config.json").is_file():
+    if "/" not in text and (builtin / CONFIG_NAME).is_file():
         return builtin
     looked.append(f"built-in zoo ({', '.join(builtin_names()) or 'empty'})")
     if Path(text).expanduser().is_dir():
@@ -83,13 +81,17 @@ def resolve(
     if base.count("/") == 1 and not text.startswith("file://"):
         try:
             return Path(snapshot_download(
-                base, revision=revision, allow_patterns=HUB_FILES,
+                base, revision=revision, allow_patterns=list(HUB_FILES),
                 local_files_only=local_files_only or is_offline_mode(),
             ))
         except HFValidationError:
             looked.append(f"Hub ({base!r} is not a valid repo id)")
-        except LocalEntryNotFoundError:
-            looked.append(f"Hub cache for {base}@{revision or 'main'} (offline)")
+        except LocalEntryNotFoundError as err:
+            if local_files_only or is_offline_mode():
+                looked.append(f"Hub cache for {base}@{revision or 'main'} (offline)")
+            else:  # not cached, and the download itself failed: the Hub was not reachable
+                looked.append(f"could not reach the Hub at {_endpoint()} for {base} "
+                              f"({_first_line(err.__cause__ or err)})")
         except RepositoryNotFoundError:
             looked.append(f"Hub repo {base} (no such repo, or private without access)")
         except RevisionNotFoundError:
@@ -97,7 +99,7 @@ def resolve(
         except HfHubHTTPError as err:
             looked.append(f"Hub repo {base}@{revision or 'main'} ({_first_line(err)})")
         except (OSError, httpx.TransportError) as err:  # unreachable endpoint
-            looked.append(f"Hub repo {base} (unreachable: {_first_line(err)})")
+            looked.append(f"could not reach the Hub at {_endpoint()} for {base} ({_first_line(err)})")
     raise WeighterNotFoundError(f"weighter {text!r} not found; looked in: " + "; ".join(looked))
 
 
@@ -105,10 +107,16 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def load_pretrained_weighter(
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def load_pretrained(
     name: str | Path, *, revision: str | None = None, local_files_only: bool = False,
 ) -> CMWNet:
-    """Resolve ``name`` and load the weighter strictly (frozen, CPU, eval mode)."""
+    """Resolve ``name`` and load the artifact strictly (frozen, CPU, eval mode)."""
     return validate_artifact(resolve(name, revision=revision, local_files_only=local_files_only))
 
 
@@ -122,12 +130,17 @@ def push_to_hub(
     """
     validate_artifact(directory)
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision and revision != "main" and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
     files = [name for name in HUB_FILES if (Path(directory) / name).is_file()]
-    return api.upload_folder(
-        repo_id=repo_id, folder_path=str(directory), allow_patterns=files,
-        revision=revision, create_pr=create_pr,
-        commit_message=message or f"Upload weighter with weightzoo ({os.path.basename(directory)})",
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main" and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(directory), allow_patterns=files,
+            revision=revision, create_pr=create_pr,
+            commit_message=message or f"Upload weighter with weightzoo ({os.path.basename(directory)})",
+        )
+    except (OSError, httpx.TransportError) as err:
+        raise ConnectionError(
+            f"could not reach the Hub at {_endpoint()} to push {repo_id} ({_first_line(err)})"
+        ) from None

@@ -1,0 +1,84 @@
+"""A weighter's weight-vs-loss curve, one line per task family: the one computation behind
+the model card's table, ``weightzoo show`` and the PNG plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weightzoo.weighting.nets import CMWNet
+
+FAMILY_NAMES = {1: ["all classes"], 3: ["small classes", "medium classes", "large classes"]}
+
+
+def family_names(num_families: int) -> list[str]:
+    """Readable names of the families: family 0 holds the smallest classes."""
+    return FAMILY_NAMES.get(num_families, [f"family {k}" for k in range(num_families)])
+
+
+@dataclass(frozen=True)
+class CurveTable:
+    """losses (L,) raw losses from 0 to 3 ln C; weights (L, K); names: K family names."""
+
+    losses: torch.Tensor
+    weights: torch.Tensor
+    names: list[str]
+
+    def markdown(self) -> str:
+        header = "| loss | " + " | ".join(self.names) + " |"
+        rule = "|---|" + "---|" * len(self.names)
+        rows = [
+            f"| {loss:.3f} | " + " | ".join(f"{w:.3f}" for w in row) + " |"
+            for loss, row in zip(self.losses.tolist(), self.weights.tolist(), strict=True)
+        ]
+        return "\n".join([header, rule, *rows])
+
+    def text(self) -> str:
+        lines = ["loss".rjust(8) + "".join(n.rjust(16) for n in self.names)]
+        for loss, row in zip(self.losses.tolist(), self.weights.tolist(), strict=True):
+            lines.append(f"{loss:8.3f}" + "".join(f"{w:16.3f}" for w in row))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"loss": [round(v, 6) for v in self.losses.tolist()],
+                "weights": {n: [round(v, 6) for v in self.weights[:, k].tolist()]
+                            for k, n in enumerate(self.names)}}
+
+
+def curve_table(weighter: CMWNet, points: int = 9, num_classes: int | None = None) -> CurveTable:
+    """Weights of every family at ``points`` raw losses (0 .. 3 ln C, C: ``num_classes`` or
+    the weighter's source classes)."""
+    losses = weighter.loss_grid(points, num_classes)
+    weights = weighter.curve(losses, num_classes).cpu()
+    return CurveTable(losses, weights, family_names(weighter.num_families))
+
+
+def plot_curves(
+    weighter: CMWNet, path: str | Path, num_classes: int | None = None,
+    width_px: int = 640, height_px: int = 480, points: int = 200,
+) -> Path:
+    """Write a PNG of weight vs raw loss for every family; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = curve_table(weighter, points, num_classes)
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    try:
+        for k, name in enumerate(table.names):
+            ax.plot(table.losses.numpy(), table.weights[:, k].numpy(), label=f"{k}: {name}")
+        cfg = weighter.config
+        ax.set_xlabel("per-sample loss (" + cfg.base_loss + ")")
+        ax.set_ylabel("weight")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{cfg.kind} weighting function")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)

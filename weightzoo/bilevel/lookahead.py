@@ -1,0 +1,144 @@
+"""The differentiable virtual step theta' = step(theta, grad objective(theta)) of bilevel training.
+
+``lookahead`` runs ``torch.func.functional_call`` over the unmodified user module with
+cloned buffers, so it never changes the real model's parameters, gradients or BatchNorm
+statistics, and runs with autocast disabled (second-order terms in the model's dtype).
+The update is the real optimizer's own: ``torch.optim.sgd.sgd`` (the function
+``torch.optim.SGD.step`` calls) applied out of place to clones of the parameters and of
+its momentum buffers, so autograd records it. It reproduces the real step's lr and,
+optionally, its momentum, nesterov, dampening and weight decay (the reference code: plain
+SGD with the scheduled lr).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.optim.sgd import sgd
+
+from weightzoo.weighting.reduction import LossTerm, total_loss
+
+Objective = Callable[[torch.Tensor], dict[str, LossTerm]]
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    """What of the real optimizer the virtual step reproduces (the reference code: neither).
+
+    include_momentum: use the real SGD's momentum buffers (torch SGD semantics: dampening,
+        nesterov; before the first real step the buffer starts at the gradient).
+    include_weight_decay: add the real SGD's ``weight_decay * theta`` to the virtual gradient.
+    """
+
+    include_momentum: bool = False
+    include_weight_decay: bool = False
+
+
+def functional_forward(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The model's logits at ``state`` (parameters and buffers by name)."""
+    out = functional_call(model, state, (x,))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return a logits tensor, got {type(out).__name__}")
+    return out
+
+
+def lookahead(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    *,
+    lr: float | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    config: LookaheadConfig = LookaheadConfig(),
+) -> dict[str, torch.Tensor]:
+    """Virtual step of ``model`` on the objective's gradient, differentiable through it.
+
+    objective: logits of ``model`` on x -> named loss terms (may depend on other tensors,
+        e.g. a weighter's output, through which theta' stays differentiable).
+    lr: step size (the current scheduled lr); ``None`` takes each parameter's group lr.
+    optimizer: the real optimizer (torch SGD); when given, only the parameters it holds are
+        stepped (others stay fixed, as in the real step).
+    Returns the full state for ``functional_call``: stepped parameters, the unchanged
+    frozen parameters, and clones of all buffers (as left by the forward on x).
+    """
+    groups = _param_groups(model, optimizer, lr, config)
+    named = dict(model.named_parameters())
+    trainable = {name: p for name, p in named.items() if p.requires_grad and id(p) in groups}
+    if not trainable:
+        raise ValueError("the model has no trainable parameters for the look-ahead step")
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        terms = objective(functional_forward(model, {**named, **buffers}, x))
+        if not isinstance(terms, dict) or not all(isinstance(t, LossTerm) for t in terms.values()):
+            raise TypeError("the training objective must return named loss terms {name: LossTerm}")
+        loss = total_loss(terms)
+        grads = torch.autograd.grad(
+            loss, list(trainable.values()), create_graph=True, allow_unused=True
+        )
+    opt_state = optimizer.state if optimizer is not None else {}
+    stepped = dict(named)
+    for (name, param), grad in zip(trainable.items(), grads, strict=True):
+        if grad is not None:  # a parameter without gradient is skipped, as torch SGD does
+            buf = opt_state.get(param, {}).get("momentum_buffer")
+            stepped[name] = _virtual_sgd(param, grad, groups[id(param)], buf, config)
+    return {**stepped, **buffers}
+
+
+def _param_groups(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None,
+    config: LookaheadConfig,
+) -> dict[int, dict]:
+    """id(param) -> its optimizer group (with the look-ahead lr) for every steppable param."""
+    needs_sgd = config.include_momentum or config.include_weight_decay
+    if optimizer is None:
+        if needs_sgd or lr is None:
+            raise ValueError(
+                "pass the real optimizer= to use its lr, momentum or weight decay in the look-ahead"
+            )
+        return {id(p): {"lr": lr} for p in model.parameters()}
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(
+            f"the look-ahead reproduces torch SGD's update; got {type(optimizer).__name__} "
+            "(pass optimizer=None and lr= for a plain SGD virtual step)"
+        )
+    groups: dict[int, dict] = {}
+    for group in optimizer.param_groups:
+        step_group = {**group, "lr": group["lr"] if lr is None else lr}
+        groups.update({id(p): step_group for p in group["params"]})
+    return groups
+
+
+def _virtual_sgd(
+    param: torch.Tensor, grad: torch.Tensor, group: dict, buf: torch.Tensor | None,
+    config: LookaheadConfig,
+) -> torch.Tensor:
+    """One differentiable torch-SGD update of ``param`` by the real optimizer's ``sgd``.
+
+    ``buf`` is the real optimizer's momentum buffer (``None`` before its first step), cloned
+    and never written. torch starts a missing buffer at ``grad.detach()``, which would cut
+    the meta-gradient. The same first step, differentiably: with dampening 0 a zero buffer
+    (momentum * 0 + grad); otherwise (never nesterov) the first step is d_p = buf = grad,
+    i.e. a momentum-free step.
+    """
+    momentum = group.get("momentum", 0.0) if config.include_momentum else 0.0
+    dampening = group.get("dampening", 0.0)
+    buffers: list[torch.Tensor | None] = [None]
+    if momentum != 0 and buf is not None:
+        buffers = [buf.detach().clone()]
+    elif momentum != 0 and dampening == 0:
+        buffers = [torch.zeros_like(grad)]
+    elif momentum != 0:
+        momentum = 0.0
+    stepped = param.clone()
+    sgd(
+        [stepped], [grad], buffers, foreach=False,
+        weight_decay=group.get("weight_decay", 0.0) if config.include_weight_decay else 0.0,
+        momentum=momentum, lr=group["lr"], dampening=dampening,
+        nesterov=bool(group.get("nesterov", False)) and momentum != 0,
+        maximize=bool(group.get("maximize", False)),
+    )
+    return stepped

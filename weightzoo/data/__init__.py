@@ -1,0 +1,1 @@
+"""Data: offline dataset sources (``sources``) and seeded bias injection (``bias``)."""

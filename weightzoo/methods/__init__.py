@@ -1,0 +1,7 @@
+"""Training methods, one module each, registered by name: the contract in ``base``, the
+registry in ``registry``. Importing this package registers the built-in methods: ``ce``,
+``focal``, ``gce``, ``sce``, ``class-balanced`` (``plain``), ``frozen`` (a pretrained
+weighter) and ``mwnet`` / ``cmwnet`` (``meta_weighting``). A method defined elsewhere
+registers itself the same way (see the README, "Adding a method")."""
+
+from weightzoo.methods import frozen, meta_weighting, plain  # noqa: F401 - registers the built-ins

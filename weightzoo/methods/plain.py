@@ -1,0 +1,79 @@
+"""Plain-loss methods: the mean of CE or of a robust-loss baseline, one registered name each.
+
+- ``ce``; ``focal`` (gamma); ``gce`` (q); ``sce`` (alpha, beta, log_zero);
+  ``class-balanced`` (beta; weights from the whole training set's class counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from weightzoo.losses import per_sample_loss
+from weightzoo.methods.base import Batch, Method, StepOutput
+from weightzoo.methods.registry import register_method
+from weightzoo.weighting.reduction import LossTerm
+
+if TYPE_CHECKING:
+    from weightzoo.training.engine import Trainer
+
+
+@dataclass
+class CEConfig:
+    """Cross entropy has no hyper-parameters."""
+
+
+@dataclass
+class FocalConfig:
+    gamma: float = 2.0
+
+
+@dataclass
+class GCEConfig:
+    q: float = 0.7
+
+
+@dataclass
+class SCEConfig:
+    alpha: float = 0.1
+    beta: float = 1.0
+    log_zero: float = -4.0
+
+
+@dataclass
+class ClassBalancedConfig:
+    beta: float = 0.9999
+
+
+class PlainLoss(Method):
+    """Mean of the per-sample loss ``loss`` with hyper-parameters ``params``."""
+
+    def __init__(self, loss: str = "ce", **params: Any) -> None:
+        self.loss, self.params = loss, params
+        self.name = loss
+        self.counts: np.ndarray | None = None
+
+    def setup(self, trainer: Trainer) -> None:
+        if self.loss == "class-balanced":
+            self.counts = trainer.global_class_counts()
+
+    def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
+        logits = trainer.model(batch.x).float()
+        extra = {"class_counts": self.counts} if self.counts is not None else {}
+        losses = per_sample_loss(self.loss, logits, batch.y, **extra, **self.params)
+        return StepOutput({self.loss: LossTerm(losses)})
+
+
+def _register(name: str, config_class: type, description: str) -> None:
+    register_method(name, config_class, baseline=True, description=description)(
+        lambda config: PlainLoss(name, **asdict(config))
+    )
+
+
+_register("ce", CEConfig, "cross entropy")
+_register("focal", FocalConfig, "focal loss (Lin et al. 2017)")
+_register("gce", GCEConfig, "generalised cross entropy (Zhang & Sabuncu 2018)")
+_register("sce", SCEConfig, "symmetric cross entropy (Wang et al. 2019)")
+_register("class-balanced", ClassBalancedConfig, "class-balanced CE (Cui et al. 2019)")

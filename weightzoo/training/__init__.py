@@ -1,0 +1,1 @@
+"""Training: the engine (``engine``), data views (``views``) and checkpoints (``checkpoint``)."""

@@ -1,0 +1,97 @@
+"""``SampleWeighting``: the one weighting path, shared by meta-training, frozen training and
+``WeightedLoss`` in user code.
+
+It holds a weighter, the task families of the data being trained on (fitted on the whole
+training set's class counts — all ranks' shards under torchrun), the number of classes of
+that data (for the loss-input normalisation) and the weighter's normalisation mode.
+Weights are computed in (at least) fp32 with autocast off, and a non-finite loss gets weight 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from weightzoo.weighting.families import TaskFamilies
+from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.reduction import at_least_fp32, reduce_weighted
+
+
+class SampleWeighting(nn.Module):
+    """Weights (B,) for per-sample losses (B,) of samples of classes (B,).
+
+    weighter: an MW-Net / CMW-Net (trainable while meta-training, frozen otherwise).
+    families: task families of the data (required for CMW-Net, K > 1).
+    num_classes: classes of that data; defaults to the families' class count.
+    """
+
+    def __init__(
+        self, weighter: CMWNet, families: TaskFamilies | None = None, num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if weighter.num_families > 1 and families is None:
+            raise ValueError(
+                "a CMW-Net weighter needs task families: pass class_counts= or labels= "
+                "(the training labels) so that families can be fitted"
+            )
+        if families is not None and families.num_families != weighter.num_families:
+            raise ValueError(
+                f"families have K={families.num_families}, the weighter has "
+                f"{weighter.num_families} heads"
+            )
+        self.weighter = weighter
+        self.families = families
+        self.num_classes = num_classes or (families.num_classes if families is not None else None)
+        table = families.family_of_class if families is not None else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("family_of_class", table.clone(), persistent=False)
+
+    @classmethod
+    def fit(
+        cls, weighter: CMWNet, class_counts: Sequence[int] | np.ndarray | torch.Tensor, *,
+        seed: int = 0,
+    ) -> SampleWeighting:
+        """Fit the weighter's K families on per-class counts (C,) of the training labels."""
+        families = TaskFamilies.fit(class_counts, weighter.num_families, seed=seed)
+        return cls(weighter, families, families.num_classes)
+
+    @property
+    def normalization(self) -> str:
+        return self.weighter.config.normalization
+
+    def check_classes(self, classes: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+        """``classes`` as long, after one range check against the data's classes (one host sync)."""
+        classes = classes.long()
+        limit = self.family_of_class.numel() or self.num_classes or num_classes
+        if not limit:
+            return classes
+        out_of_range = (classes < 0) | (classes >= limit)
+        if bool(out_of_range.any()):
+            bad = classes[out_of_range][0]
+            raise ValueError(f"target class {int(bad)} is out of range for {limit} classes")
+        return classes
+
+    def weights(
+        self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None, *,
+        grad: bool = False, checked: bool = False,
+    ) -> torch.Tensor:
+        """Weights (B,) in [0, 1]; differentiable w.r.t. the weighter only when ``grad``.
+
+        num_classes: classes of the data, when neither the constructor nor families gave it.
+        checked: the caller has range-checked ``classes`` already (skips a host sync).
+        """
+        if losses.shape != classes.shape:
+            raise ValueError(f"losses {tuple(losses.shape)} and classes {tuple(classes.shape)} differ")
+        classes = classes.long() if checked else self.check_classes(classes, num_classes)
+        if self.family_of_class.device != losses.device:
+            self.to(losses.device)  # the device follows the inputs
+        families = self.family_of_class[classes] if self.family_of_class.numel() else None
+        with torch.set_grad_enabled(grad), torch.autocast(losses.device.type, enabled=False):
+            weights = self.weighter(at_least_fp32(losses), families, self.num_classes or num_classes)
+        return torch.where(torch.isfinite(losses), weights, torch.zeros_like(weights))
+
+    def reduce(self, losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Scalar loss from losses (B,) and weights (B,) under the weighter's normalisation."""
+        return reduce_weighted(at_least_fp32(losses), weights, self.normalization)
