@@ -46,17 +46,19 @@ def default_warmup(epochs: int) -> int:
               help="Write OUT/weights.csv: every training sample's weight, with noisy flags.")
 @options.overwrite_option
 @options.baseline_option
+@options.threads_option
 @options.run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
           epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
           augment: bool, revision: str | None, out: Path, resume: bool, overwrite: bool,
           weights_report: bool, baselines: tuple[str, ...], device: str, seed: int | None,
-          as_json: bool, no_progress: bool) -> None:
+          as_json: bool, no_progress: bool, threads: int | None) -> None:
     """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
     and with each --baseline on identical data, model, schedule and seed."""
     from weightzoo.distributed import rank_and_world
     from weightzoo.pipeline import apply_weighter
 
+    options.set_threads(threads)
     steps = default_milestones(epochs) if milestones is None else [
         int(m) for m in milestones.split(",") if m.strip()
     ]

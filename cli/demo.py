@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from weightzoo.cli.apply import default_milestones, default_warmup
-from weightzoo.cli.options import echo_json, format_table, run_options
+from weightzoo.cli.options import echo_json, format_table, run_options, set_threads
 from weightzoo.cli.train import ACC_COLUMNS
 
 
@@ -27,10 +27,14 @@ from weightzoo.cli.train import ACC_COLUMNS
 @click.option("--target-bias", default="pairflip:0.3", show_default=True,
               help="Bias injected into the target dataset.")
 @click.option("--target-epochs", type=int, default=15, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads for torch: fixed, so that the printed numbers do not depend on "
+                   "the machine (the demo's small MLPs are fastest on one thread).")
 @run_options
 def demo(out: Path, recipe: str, target: str, target_bias: str, target_epochs: int,
-         device: str, seed: int | None, as_json: bool, no_progress: bool) -> None:
+         device: str, seed: int | None, as_json: bool, no_progress: bool, threads: int) -> None:
     """Meta-train a weighter on digits, then transfer it to MNIST-5k; print gains over CE."""
+    set_threads(threads)
     from weightzoo.pipeline import WEIGHTER_DIR, apply_weighter, train_with_baselines
     from weightzoo.recipe import load_recipe
     from weightzoo.training.engine import Schedule

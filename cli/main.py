@@ -26,6 +26,10 @@ class WeightzooGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`weightzoo list | head`): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as err:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("WEIGHTZOO_DEBUG"):
                 raise

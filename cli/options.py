@@ -13,8 +13,18 @@ import click
 from weightzoo.methods.registry import method_names
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` (None: torch's default, one per core)."""
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter(f"{threads} (must be >= 1)", param_hint="--threads")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--device, --seed, --json, --no-progress."""
+    """--device, --seed, --json, --no-progress (``--threads`` is per command)."""
     func = click.option("--device", default="auto", show_default=True,
                         help="cpu, cuda, cuda:N or auto (CUDA when present).")(func)
     func = click.option("--seed", type=int, default=None,
@@ -35,6 +45,12 @@ def command_line() -> str:
     """The invoking command line, for provenance."""
     return "weightzoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
+
+threads_option = click.option(
+    "--threads", type=int, default=None,
+    help="CPU threads for torch (default: one per core). Small models train fastest with 1; "
+         "results can differ in the last digits with the thread count.",
+)
 
 overwrite_option = click.option(
     "--overwrite", is_flag=True,

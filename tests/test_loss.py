@@ -29,10 +29,10 @@ def _logits(batch: int = len(TARGETS), classes: int = C, seed: int = 1) -> torch
     return (torch.randn(batch, classes, generator=gen) * 2).requires_grad_(True)
 
 
-def _criterion(normalization: str = "sum") -> WeightedLoss:
+def _criterion(normalization: str = "sum", nonfinite: str = "raise") -> WeightedLoss:
     families = TaskFamilies(centers=(5.5, 51.0, 505.0), family_of_class=FAMILY_OF_CLASS,
                             class_counts=tuple(COUNTS))
-    return WeightedLoss(_weighter(normalization), families)
+    return WeightedLoss(_weighter(normalization), families, nonfinite=nonfinite)
 
 
 def _expected_weights(crit: WeightedLoss, losses: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -164,8 +164,8 @@ def test_last_weights_follow_each_call() -> None:
     assert not torch.equal(first, crit.last_weights)
 
 
-def test_nan_sample_is_excluded() -> None:
-    crit = _criterion()
+def test_nan_sample_is_excluded_with_skip() -> None:
+    crit = _criterion(nonfinite="skip")
     logits = _logits()
     with torch.no_grad():
         logits[2] = float("nan")
@@ -177,11 +177,46 @@ def test_nan_sample_is_excluded() -> None:
     v = _expected_weights(crit, ce, TARGETS[keep])
     torch.testing.assert_close(loss, (v * ce).sum() / v.sum())
     loss.backward()
-    assert bool(torch.isfinite(logits.grad[keep]).all())
+    assert bool(torch.isfinite(logits.grad).all())  # masked before the loss: no NaN at all
+    assert torch.equal(logits.grad[2], torch.zeros_like(logits.grad[2]))
+
+
+def test_skipped_nan_logits_never_reach_the_model_parameters() -> None:
+    """A model whose output row turns NaN after the last layer (an overflow downstream, a bad
+    target transform): with skip, one backward and one SGD step leave every parameter finite."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, C)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(len(TARGETS), 4)
+    poison = torch.zeros(len(TARGETS), 1)
+    poison[3] = float("nan")
+    logits = model(x) + poison
+    crit = _criterion(nonfinite="skip")
+    crit(logits, TARGETS).backward()
+    opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_nan_input_row_raises_before_any_gradient() -> None:
+    """The sweep's case: one NaN input row. No loss can stop 0 * NaN inside the model's own
+    backward, so the default refuses the batch instead of poisoning the model silently."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, C)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(len(TARGETS), 4)
+    x[5] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"1 of 8 samples have non-finite logits \(rows \[5\]\)"):
+        _criterion()(model(x), TARGETS)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        _criterion(nonfinite="ignore")
 
 
 def test_non_finite_per_sample_losses_in_weigh() -> None:
-    crit = _criterion("mean")
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        _criterion("mean").reduce_losses(torch.tensor([float("nan"), 1.0]), torch.tensor([0, 2]))
+    crit = _criterion("mean", nonfinite="skip")
     losses = torch.tensor([float("nan"), 1.0, float("inf"), 2.0], requires_grad=True)
     classes = torch.tensor([0, 2, 4, 5])
     loss = crit.reduce_losses(losses, classes)
@@ -194,7 +229,7 @@ def test_non_finite_per_sample_losses_in_weigh() -> None:
 
 
 def test_all_nan_gives_nan() -> None:
-    crit = _criterion()
+    crit = _criterion(nonfinite="skip")
     loss = crit.reduce_losses(torch.full((4,), float("nan")), torch.tensor([0, 1, 2, 3]))
     assert bool(torch.isnan(loss))
 

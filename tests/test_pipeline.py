@@ -285,7 +285,7 @@ APPLY_FAILURES = {  # case -> (args after the weighter, given tmp_path; text the
     "missing npz": (lambda tmp: ["--data", "npz:/nonexistent.npz"], "does not exist"),
     "unknown dataset": (lambda tmp: ["--data", "imagenet-please"], "unknown dataset"),
     "label too large": (lambda tmp: bad_npz(tmp, {2: 3}), "out of range"),
-    "negative label": (lambda tmp: bad_npz(tmp, {2: -1}), "negative"),
+    "negative label": (lambda tmp: bad_npz(tmp, {2: -1}), "integers >= 0, got -1"),
     "empty class": (lambda tmp: bad_npz(tmp, {1: 0}), "class 1 has no training samples"),
     "bad bias": (lambda tmp: ["--bias", "symmetric:1.5"], "noise rate"),
     "wrong model width": (lambda tmp: ["--model", "python:wz_test_models_pipeline:make"], "13"),

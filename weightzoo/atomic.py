@@ -133,7 +133,8 @@ def swap_in(staged: Path, target: str | Path) -> Path:
     both, and :func:`recover` (run by every save and load) puts the old one back.
     """
     target = Path(target)
-    os.chmod(staged, shared_mode(is_dir=True))
+    for path in [staged, *staged.rglob("*")]:  # writers such as safetensors make 0600 files
+        os.chmod(path, shared_mode(is_dir=path.is_dir()))
     if not target.exists():
         os.replace(staged, target)
         return target

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from weightzoo import distributed
+from weightzoo.artifact.curve import load_pyplot
 from weightzoo.artifact.format import CURVE_NAME, Provenance, save_artifact
 from weightzoo.atomic import atomic_write, write_json, write_text
 from weightzoo.bilevel.metaset import balanced_clean_indices
@@ -131,9 +132,10 @@ def final_metrics(history: list[dict[str, Any]], last_k: int = 5) -> dict[str, A
     }
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, str | int]:
     return {"torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cuda": str(torch.cuda.is_available())}
+            "machine": platform.machine(), "cuda": str(torch.cuda.is_available()),
+            "threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -193,6 +195,8 @@ def train_recipe(
         meta_per_class=method.clean_meta_per_class if meta_per_class is None else meta_per_class,
     )
     check_training_labels(data.train)
+    if recipe.method.spec.publishes:
+        load_pyplot()  # now, not while finalising (see load_pyplot)
     model = build_checked_model(recipe.model, data.splits, recipe.seed)
     method.bind(RunContext(data.splits.num_classes, data.meta_x, data.meta_y, recipe.seed))
     trainer = Trainer(

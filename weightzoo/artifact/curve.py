@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -55,16 +56,27 @@ def curve_table(weighter: CMWNet, points: int = 9, num_classes: int | None = Non
     return CurveTable(losses, weights, family_names(weighter.num_families))
 
 
-def plot_curves(
-    weighter: CMWNet, path: str | Path, num_classes: int | None = None,
-    width_px: int = 640, height_px: int = 480, points: int = 200,
-) -> Path:
-    """Write a PNG of weight vs raw loss for every family; returns the path."""
+def load_pyplot() -> ModuleType:
+    """matplotlib.pyplot with the file-only Agg backend.
+
+    Training runs that publish a weighter call this before their first epoch, so that no
+    heavy import happens while an interrupted run is finalising (a SIGINT during an import
+    at interpreter shutdown can abort the process).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(
+    weighter: CMWNet, path: str | Path, num_classes: int | None = None,
+    width_px: int = 640, height_px: int = 480, points: int = 200,
+) -> Path:
+    """Write a PNG of weight vs raw loss for every family; returns the path."""
+    plt = load_pyplot()
     table = curve_table(weighter, points, num_classes)
     dpi = 100
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)

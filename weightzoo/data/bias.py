@@ -12,9 +12,10 @@ label differs from its clean label.
   the explicit ``class_map`` if given, else a known one for the dataset (MNIST-style digits:
   2->7, 3->8, 5<->6, 7->1 (Patrini et al. 2017); Fashion-MNIST: T-shirt<->Shirt,
   Pullover->Coat, Sandal->Sneaker; CIFAR-10: truck->automobile, bird->airplane,
-  deer->horse, cat<->dog; CIFAR-100: the next class within its superclass), else the
-  cyclic map c -> (c+1) mod C.  Classes absent from the map are never flipped, so the
-  realised rate is p times the fraction of samples in mapped classes.
+  deer->horse, cat<->dog; CIFAR-100: the next class within its superclass); any other
+  dataset needs an explicit ``class_map`` (``pairflip:p`` is the cyclic c -> c+1 map).
+  Classes absent from the map are never flipped, so the realised rate is p times the
+  fraction of samples in mapped classes.
 - ``pairflip:p``: c -> (c+1) mod C with probability p, for every class.
 - ``instance:p``: feature-dependent noise in the spirit of PMD (Zhang et al. 2021).  A
   logistic regression (L2, C = 0.1, 100 iterations) fitted on the flattened, standardised
@@ -329,7 +330,11 @@ def _asymmetric_map(
                 "pass class_map"
             )
         return dict(mapping)
-    return {c: (c + 1) % num_classes for c in range(num_classes)}
+    raise ValueError(
+        f"asymmetric noise needs a class map for dataset {dataset or 'of unknown origin'!r} "
+        f"(known maps: {', '.join(DEFAULT_CLASS_MAPS)}): give [data] class_map, or use "
+        "pairflip:p for the cyclic map c -> c+1"
+    )
 
 
 def _report(

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightzoo.weighting.families import integer_labels
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -116,6 +118,11 @@ def _finalize(name: str, raw: _Raw, seed: int, test_fraction: float) -> DataSpli
     if test_x is None or test_y is None:
         train_idx, test_idx = stratified_split(y, test_fraction, seed)
         x, y, test_x, test_y = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        if len(test_y) == 0 or len(y) == 0:
+            raise ValueError(
+                f"{name}: {len(raw.y)} samples leave an empty {'test' if len(y) else 'training'} "
+                f"split at test_fraction {test_fraction}; give more data or a test split"
+            )
     train_t, test_t = _standardise(_as_float(x), _as_float(test_x))
     return DataSplits(
         name=name,
@@ -310,11 +317,10 @@ def _labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
     """Validate an npz label array (N,) and return it as int64."""
     if y.ndim != 1:
         raise ValueError(f"{path}: {key} must be 1-D, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):
-        raise ValueError(f"{path}: {key} must hold integer class labels")
-    if y.size and y.min() < 0:
-        raise ValueError(f"{path}: {key} has negative labels; labels must be in [0, C)")
-    return y.astype(np.int64)
+    try:
+        return integer_labels(y)
+    except ValueError as err:
+        raise ValueError(f"{path}: {key}: {err}") from None
 
 
 def _load_npz(path: Path) -> _Raw:
@@ -333,12 +339,24 @@ def _load_npz(path: Path) -> _Raw:
         x = data[xk]
         if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number):
             raise ValueError(f"{path}: {xk} must be numeric (N,D), (N,H,W) or (N,C,H,W)")
+        if len(x) == 0:
+            raise ValueError(f"{path}: {xk} is empty (0 samples)")
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{path}: {xk} has NaN or inf values in {int((~finite).sum())} rows "
+                             f"(first: row {row})")
         ys.append(_labels(data[yk], yk, path))
         if len(x) != len(ys[-1]):
             raise ValueError(f"{path}: {xk} has {len(x)} rows but {yk} has {len(ys[-1])}")
     if len(splits) == 2 and data["X"].shape[1:] != data["X_test"].shape[1:]:
         raise ValueError(f"{path}: X and X_test have different per-sample shapes")
     top = max(int(y.max()) for y in ys if y.size) + 1
+    if "classes" not in data and top > sum(len(y) for y in ys):
+        raise ValueError(
+            f"{path}: y: label {top - 1} implies {top} classes for {sum(len(y) for y in ys)} "
+            "samples; relabel to 0..C-1 or give the class names in 'classes'"
+        )
     classes = [str(c) for c in data["classes"]] if "classes" in data else [
         str(c) for c in range(top)
     ]

@@ -159,6 +159,12 @@ class Trainer:
             path = self.out_dir / CHECKPOINT_NAME
             state = load_checkpoint(path)
             self._check_same_run(path, state, method)
+            done = int(state["epoch"]) + 1
+            if done > self.schedule.epochs:
+                raise ValueError(
+                    f"{path}: the run has {done} finished epochs, more than the {self.schedule.epochs} "
+                    f"asked for; resume with epochs >= {done}, or start afresh elsewhere"
+                )
             self._load(method, state)
         for epoch in range(self.start_epoch, self.schedule.epochs):
             row = self._epoch(method, epoch)
@@ -210,11 +216,15 @@ class Trainer:
         with self.autocast():
             output = method.step(self, batch)
         loss = self._objective(output)
-        reported = float(distributed.all_reduce_sum(loss.detach())) / self.world
-        if not math.isfinite(reported):
+        nonfinite = sum((~torch.isfinite(t.losses)).sum() for t in output.terms.values())
+        reported, bad = distributed.all_reduce_sum(
+            torch.stack([loss.detach().float() / self.world, torch.as_tensor(nonfinite).float()])
+        ).tolist()  # one host sync per step
+        if bad or not math.isfinite(reported):
+            what = f"{int(bad)} non-finite per-sample losses" if bad else "a non-finite training loss"
             raise FloatingPointError(
-                f"non-finite training loss at epoch {batch.epoch + 1}, iteration {batch.iteration} "
-                "(diverged? lower the learning rate)"
+                f"{what} at epoch {batch.epoch + 1}, iteration {batch.iteration} (NaN / inf inputs, "
+                "or diverged? lower the learning rate); no step was taken"
             )
         weights = output.weights
         if self.sample_weights is not None and weights is not None:

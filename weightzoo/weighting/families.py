@@ -107,15 +107,30 @@ class TaskFamilies:
         }
 
 
+def integer_labels(labels: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Labels (N,) as int64, refusing strings, NaN / inf, fractions and negatives with the
+    offending value in the message."""
+    arr = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if arr.size == 0 or np.issubdtype(arr.dtype, np.integer):
+        bad = np.flatnonzero(arr < 0) if arr.size else arr
+    elif arr.dtype.kind in "fb":
+        bad = np.flatnonzero(~np.isfinite(arr) | (np.mod(arr, 1) != 0) | (arr < 0))
+    else:
+        raise ValueError(f"labels must be integers, got {arr.dtype} values such as {_plain(arr[0])!r}")
+    if bad.size:
+        first = int(bad[0])
+        raise ValueError(f"labels must be integers >= 0, got {_plain(arr[first])!r} at position {first}")
+    return arr.astype(np.int64)
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (for readable messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def class_counts(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
     """Per-class counts (C,) of integer labels; raises on labels outside [0, num_classes)."""
-    arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        # strings / objects (e.g. None) are not labels; np.mod would raise a TypeError on them
-        if arr.dtype.kind not in "fb" or not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ValueError("labels must be integers")
-        arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        bad = arr[(arr < 0) | (arr >= num_classes)][0]
-        raise ValueError(f"label {int(bad)} is out of range for {num_classes} classes")
-    return np.bincount(arr.astype(np.int64), minlength=num_classes)
+    arr = integer_labels(labels)
+    if arr.size and arr.max() >= num_classes:
+        raise ValueError(f"label {int(arr.max())} is out of range for {num_classes} classes")
+    return np.bincount(arr, minlength=num_classes)

@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from weightzoo.losses import per_sample_loss
-from weightzoo.weighting.families import TaskFamilies, class_counts
+from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
 from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.sample_weighting import SampleWeighting
+
+NONFINITE_MODES = ("raise", "skip")
 
 
 class WeightedLoss(nn.Module):
@@ -32,16 +34,25 @@ class WeightedLoss(nn.Module):
     families: task families of the data being trained on (required for CMW-Net, K > 1).
     num_classes: classes of that data (for the loss-input normalisation); defaults to the
         families' class count, else the logits' width.
+    nonfinite: what a sample with NaN / inf logits (or loss) does. ``raise`` (default):
+        ``FloatingPointError`` naming the rows, before any gradient exists. ``skip``: the
+        sample is left out of the loss and, masked *before* the loss, sends exactly zero
+        gradient into its logits. A NaN that came from the model's inputs or activations
+        still poisons that model's own backward (0 * NaN = NaN in a layer's weight
+        gradient): drop such rows before the forward.
     """
 
     last_weights: torch.Tensor | None
 
     def __init__(
         self, weighter: CMWNet, families: TaskFamilies | None = None,
-        num_classes: int | None = None,
+        num_classes: int | None = None, *, nonfinite: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         self.weighting = SampleWeighting(weighter.eval().requires_grad_(False), families, num_classes)
+        self.nonfinite = nonfinite
         self.last_weights = None
 
     @property
@@ -67,7 +78,7 @@ class WeightedLoss(nn.Module):
         class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         num_classes: int | None = None, revision: str | None = None,
-        local_files_only: bool = False, seed: int = 0,
+        local_files_only: bool = False, seed: int = 0, nonfinite: str = "raise",
     ) -> WeightedLoss:
         """Load a weighter by name (zoo name, directory, ``org/repo[@rev]``) and fit families.
 
@@ -78,7 +89,8 @@ class WeightedLoss(nn.Module):
             name_or_path, revision=revision, local_files_only=local_files_only
         )
         return cls.for_data(
-            weighter, class_counts=class_counts, labels=labels, num_classes=num_classes, seed=seed
+            weighter, class_counts=class_counts, labels=labels, num_classes=num_classes, seed=seed,
+            nonfinite=nonfinite,
         )
 
     @classmethod
@@ -86,7 +98,7 @@ class WeightedLoss(nn.Module):
         cls, weighter: CMWNet, *,
         class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
-        num_classes: int | None = None, seed: int = 0,
+        num_classes: int | None = None, seed: int = 0, nonfinite: str = "raise",
     ) -> WeightedLoss:
         """Wrap ``weighter`` for a dataset given by its class counts or its labels."""
         counts = _resolve_counts(class_counts, labels, num_classes)
@@ -95,7 +107,8 @@ class WeightedLoss(nn.Module):
             families = TaskFamilies.fit(counts, weighter.num_families, seed=seed)
         elif weighter.num_families > 1:
             raise ValueError("pass class_counts= or labels= to fit the task families")
-        return cls(weighter, families, num_classes or (len(counts) if counts is not None else None))
+        return cls(weighter, families, num_classes or (len(counts) if counts is not None else None),
+                   nonfinite=nonfinite)
 
     def weights(
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
@@ -113,6 +126,8 @@ class WeightedLoss(nn.Module):
         *, checked: bool = False,
     ) -> torch.Tensor:
         """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
+        if self.nonfinite == "raise" and not checked:
+            self._raise_on_nonfinite(~torch.isfinite(losses), "loss")
         weights = self.weights(losses, classes, num_classes, checked=checked)
         self.last_weights = weights
         return self.weighting.reduce(losses, weights)
@@ -131,10 +146,30 @@ class WeightedLoss(nn.Module):
                 f"soft targets {tuple(targets.shape)} and logits {tuple(logits.shape)} differ"
             )
         hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
-        self.weighting.check_classes(hard, logits.shape[1])
+        bad_rows = ~torch.isfinite(logits).all(dim=1)
+        limit = logits.shape[1]
+        out_of_range = (hard < 0) | (hard >= limit)
+        if any(torch.stack([out_of_range.any(), bad_rows.any()]).tolist()):  # one host sync
+            if bool(out_of_range.any()):
+                raise ValueError(f"target class {int(hard[out_of_range][0])} is out of range for "
+                                 f"{limit} classes")
+            if self.nonfinite == "raise":
+                self._raise_on_nonfinite(bad_rows, "logits")
+            # mask before the loss: the skipped rows' logits get exactly zero gradient
+            logits = torch.where(bad_rows[:, None], torch.zeros_like(logits), logits)
         soft = targets.float() if targets.dim() == 2 else targets
         losses = per_sample_loss("ce", logits.float(), soft)
-        return self.reduce_losses(losses, hard, logits.shape[1], checked=True)
+        losses = torch.where(bad_rows, torch.full_like(losses, float("nan")), losses)
+        return self.reduce_losses(losses, hard, limit, checked=True)
+
+    @staticmethod
+    def _raise_on_nonfinite(bad: torch.Tensor, what: str) -> None:
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()[:5].tolist()
+            raise FloatingPointError(
+                f"{int(bad.sum())} of {bad.numel()} samples have non-finite {what} (rows {rows}); "
+                "NaN / inf inputs? drop those rows before the forward, or pass nonfinite='skip'"
+            )
 
 
 def _resolve_counts(
@@ -150,8 +185,13 @@ def _resolve_counts(
             raise ValueError(f"class_counts has {arr.size} entries, num_classes is {num_classes}")
         return arr
     if labels is not None:
-        arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        arr = integer_labels(labels)
         if num_classes is None:
             num_classes = int(arr.max()) + 1 if arr.size else 0
+            if num_classes > arr.size:
+                raise ValueError(
+                    f"label {num_classes - 1} implies {num_classes} classes for {arr.size} labels; "
+                    "pass num_classes= (or relabel to 0..C-1)"
+                )
         return class_counts(arr, num_classes)
     return None
