@@ -1,25 +1,27 @@
-"""Per-iteration cost benchmarks: exact meta step and frozen weighter vs a plain CE step.
+"""Per-iteration cost benchmarks: exact meta steps and a frozen weighter vs a plain CE step.
 
     python benchmarks/step_cost.py [--device cpu|cuda] [--repeats N] [--models mlp,cnn,resnet32]
         [--sections meta,frozen] [--amp] [--out benchmarks/results/step_cost_<device>.json]
 
-Sections (each compares two variants on the same architecture, batch and process):
+Sections (each times its variants side by side on the same architecture, batch and process):
 
-- ``meta``: a full CMW-Net (K=3) meta-training iteration -- ``meta_step`` (one-step
-  look-ahead with ``create_graph=True``, meta forward/backward, Adam on the weighter) plus
-  the real forward, weighting, backward and SGD step -- against a plain CE iteration
-  (forward, backward, SGD step).
-- ``frozen``: ``WeightedLoss`` with a frozen CMW-Net (K=3, families fitted by k-means on
-  long-tailed class counts) forward + backward + SGD step against ``F.cross_entropy``.
+- ``meta``: a plain CE iteration (forward, backward, SGD step) and full CMW-Net (K=3)
+  meta-training iterations as ``MetaWeighting`` runs them -- the meta step (look-ahead,
+  meta forward/backward, Adam on the weighter) with each exact estimator, ``meta_exact``
+  (second-order backward) and ``meta_jvp`` (one forward-mode JVP), then the real step on
+  the look-ahead's kept forward (weighting, backward, SGD step).
+- ``frozen``: a CE iteration and ``WeightedLoss`` with a frozen CMW-Net (K=3, families
+  fitted by k-means on long-tailed class counts) forward + backward + SGD step.
 
 Method: every variant has its own copy of the same initial model and its own optimizer;
 after warm-up iterations the variants run interleaved in rounds of ``--block`` iterations
-each (A then B, B then A, ...) so that background load hits both alike; every iteration is
-timed on its own (with ``torch.cuda.synchronize()`` around it on CUDA; Python's garbage
-collector paused).  Cheap steps run for at least ``--min-seconds`` per comparison.
-Reported: median and IQR of the per-iteration milliseconds, the ratio of the medians, and
-the median/IQR of the ratios of paired iterations.  Inputs are synthetic (Gaussian images,
-uniform labels): the cost of a step does not depend on the data.
+each (the order reversed every round) so that background load hits all alike; every
+iteration is timed on its own (with ``torch.cuda.synchronize()`` around it on CUDA;
+Python's garbage collector paused).  Cheap steps run for at least ``--min-seconds`` per
+section.  Reported per variant: median and IQR of the per-iteration milliseconds, the ratio
+of its median to CE's, the median/IQR of the ratios of paired iterations, and (CUDA) the
+peak memory of one iteration.  Inputs are synthetic (Gaussian images, uniform labels): the
+cost of a step does not depend on the data.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.losses import per_sample_loss
 from weightzoo.methods.meta_weighting import weighting_meta_step
 from weightzoo.models import build_model
@@ -50,7 +53,7 @@ from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.weighted_loss import WeightedLoss
 
-SCHEMA = "weightzoo.step_cost/1"
+SCHEMA = "weightzoo.step_cost/2"
 NUM_CLASSES = 10
 MODELS: dict[str, tuple[int, int, int]] = {
     "mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet32": (3, 32, 32),
@@ -136,22 +139,23 @@ def frozen_step(model: nn.Module, s: Settings, data: Batches) -> Step:
     return step
 
 
-def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches) -> Step:
+def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, estimator: str) -> Step:
     """CMW-Net training iteration as ``MetaWeighting`` + ``Trainer`` run it: meta step on the
-    weighter, then the real forward, weights from the updated weighter, backward, SGD step."""
+    weighter (keeping the look-ahead's forward), then the real step on that forward with
+    weights from the updated weighter: weighting, backward, SGD step."""
     opt = sgd(model, s)
     weighter = CMWNet(num_families=3).to(s.device)
     weighter_opt = torch.optim.Adam(weighter.parameters(), lr=s.meta_lr)
     weighting = SampleWeighting.fit(weighter, long_tail_counts()).to(s.device)
+    chosen = build_estimator(estimator)
 
     def step(i: int) -> None:
         x, y = data[i % len(data)]
         meta_x, meta_y = meta[i % len(meta)]
-        weighting_meta_step(model, weighting, weighter_opt, x, y, meta_x, meta_y, lr=s.lr,
-                            optimizer=opt)
-        with autocast(s):
-            logits = model(x)
-        losses = per_sample_loss("ce", logits.float(), y)
+        kept = weighting_meta_step(model, weighting, weighter_opt, x, y, meta_x, meta_y, lr=s.lr,
+                                   optimizer=opt, estimator=chosen, keep_forward=True).forward
+        kept.restore_buffers(model)
+        losses = per_sample_loss("ce", kept.logits.float(), y)
         loss = weighting.reduce(losses, weighting.weights(losses, y, checked=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,17 +181,28 @@ def timed(step: Step, i: int, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def peak_memory_mib(step: Step, i: int, device: torch.device) -> float | None:
+    """Peak CUDA memory of one call of ``step`` (None on CPU, where torch keeps no such count)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(i)
+    torch.cuda.synchronize(device)
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def compare(
-    baseline: Step, variant: Step, s: Settings, repeats: int, block: int, min_seconds: float
+    steps: dict[str, Step], s: Settings, repeats: int, block: int, min_seconds: float
 ) -> dict[str, Any]:
-    """Warm up both, then interleave blocks of ``block`` iterations, alternating the order,
-    for at least ``repeats`` iterations each and, for cheap steps, at least ``min_seconds``
-    (at most 20 * ``repeats`` iterations)."""
+    """Warm up all, then interleave blocks of ``block`` iterations, reversing the order every
+    round, for at least ``repeats`` iterations each and, for cheap steps, at least
+    ``min_seconds`` (at most 20 * ``repeats`` iterations). ``steps["ce"]`` is the baseline."""
     for i in range(s.warmup):
-        baseline(i)
-        variant(i)
-    times: dict[str, list[float]] = {"baseline": [], "variant": []}
-    steps = {"baseline": baseline, "variant": variant}
+        for step in steps.values():
+            step(i)
+    memory = {name: peak_memory_mib(step, s.warmup, s.device) for name, step in steps.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     gc.collect()
     gc.disable()  # no collector pauses inside timed iterations
     try:
@@ -195,42 +210,45 @@ def compare(
         done, round_ = 0, 0
         while done < repeats or (time.perf_counter() - started < min_seconds and done < 20 * repeats):
             n = block if done >= repeats else min(block, repeats - done)
-            order = ("baseline", "variant") if round_ % 2 == 0 else ("variant", "baseline")
+            order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
             for name in order:
-                times[name] += [timed(steps[name], s.warmup + done + k, s.device) for k in range(n)]
+                times[name] += [timed(steps[name], s.warmup + 1 + done + k, s.device) for k in range(n)]
             done, round_ = done + n, round_ + 1
         elapsed = time.perf_counter() - started
     finally:
         gc.enable()
-    base, var = summary(times["baseline"]), summary(times["variant"])
-    paired = summary([v / b for b, v in zip(times["baseline"], times["variant"], strict=True)])
-    return {
-        "baseline_ms": base, "variant_ms": var,
-        "ratio": round(float(var["median"]) / float(base["median"]), 3),
-        "overhead_ms": round(float(var["median"]) - float(base["median"]), 3),
-        "paired_ratio": paired, "iterations": done, "rounds": round_, "block": block,
-        "seconds": round(elapsed, 1),
-    }
+    base = summary(times["ce"])
+    variants = {}
+    for name, ms in times.items():
+        row = summary(ms)
+        variants[name] = {
+            "ms": row, "peak_memory_mib": memory[name],
+            "ratio_to_ce": round(float(row["median"]) / float(base["median"]), 3),
+            "overhead_ms": round(float(row["median"]) - float(base["median"]), 3),
+            "paired_ratio_to_ce": summary([v / b for b, v in zip(times["ce"], ms, strict=True)]),
+        }
+    return {"variants": variants, "iterations": done, "rounds": round_, "block": block,
+            "seconds": round(elapsed, 1)}
 
 
-def run_pair(section: str, name: str, s: Settings) -> dict[str, Any]:
+def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
     shape = MODELS[name]
     torch.manual_seed(0)
     model = build_model(name, NUM_CLASSES, shape).to(s.device).train()
     data = synthetic(shape, s.batch_size, s, seed=1)
-    baseline = ce_step(copy.deepcopy(model), s, data)
+    steps = {"ce": ce_step(copy.deepcopy(model), s, data)}
     if section == "meta":
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
-        variant, label = meta_iteration(copy.deepcopy(model), s, data, meta), "cmwnet_meta_iteration"
+        for estimator in ("exact", "jvp"):
+            steps[f"meta_{estimator}"] = meta_iteration(copy.deepcopy(model), s, data, meta, estimator)
     else:
-        variant, label = frozen_step(copy.deepcopy(model), s, data), "frozen_cmwnet_step"
+        steps["frozen"] = frozen_step(copy.deepcopy(model), s, data)
     slow = s.device.type == "cpu" and (section, name) in SLOW_ON_CPU
     repeats = min(s.repeats, s.slow_repeats) if slow else s.repeats
     row = {"section": section, "model": name, "input_shape": list(shape),
-           "params": sum(p.numel() for p in model.parameters()),
-           "baseline": "ce_step", "variant": label, "repeats": repeats}
+           "params": sum(p.numel() for p in model.parameters()), "repeats": repeats}
     block = 1 if slow else min(s.block, repeats)
-    row.update(compare(baseline, variant, s, repeats, block, 0.0 if slow else s.min_seconds))
+    row.update(compare(steps, s, repeats, block, 0.0 if slow else s.min_seconds))
     return row
 
 
@@ -315,11 +333,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for section in args.sections:
         for name in args.models:
-            row = run_pair(section, name, s)
+            row = run_section(section, name, s)
             report["results"].append(row)
-            print(f"{section:6s} {name:9s} ce {row['baseline_ms']['median']:9.2f} ms  "
-                  f"{row['variant']} {row['variant_ms']['median']:9.2f} ms  ratio {row['ratio']:.3f}  "
-                  f"(n={row['iterations']}, {row['seconds']} s)", flush=True)
+            cells = "  ".join(f"{v} {r['ms']['median']:9.2f} ms ({r['ratio_to_ce']:.2f}x)"
+                              for v, r in row["variants"].items())
+            print(f"{section:6s} {name:9s} {cells}  (n={row['iterations']}, {row['seconds']} s)", flush=True)
     report["load_average_end"] = list(os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -16,7 +16,7 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
         check=True, capture_output=True, text=True, timeout=300,
     )
     report = json.loads(out.read_text())
-    assert report["schema"] == "weightzoo.step_cost/1"
+    assert report["schema"] == "weightzoo.step_cost/2"
     for key in ("platform", "cpu_model", "torch", "torch_threads", "device"):
         assert key in report["machine"]
     assert report["machine"]["device"] == "cpu" and report["machine"]["torch_threads"] == 1
@@ -24,12 +24,15 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
     assert report["date_utc"].endswith("+00:00")
     rows = report["results"]
     assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp")]
+    assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp"}
+    assert set(rows[1]["variants"]) == {"ce", "frozen"}
     for row in rows:
-        for side in ("baseline_ms", "variant_ms"):
-            assert set(row[side]) == {"median", "q1", "q3", "iqr", "min", "n"}
-            assert row[side]["n"] == 1 and row[side]["median"] > 0
-        assert row["iterations"] == 1 and row["ratio"] > 0
-        assert "overhead_ms" in row and set(row["paired_ratio"]) == set(row["baseline_ms"])
+        assert row["iterations"] == 1
+        for variant in row["variants"].values():
+            assert set(variant["ms"]) == {"median", "q1", "q3", "iqr", "min", "n"}
+            assert variant["ms"]["n"] == 1 and variant["ms"]["median"] > 0 and variant["ratio_to_ce"] > 0
+            assert variant["peak_memory_mib"] is None  # CPU
+            assert set(variant["paired_ratio_to_ce"]) == set(variant["ms"])
 
 
 def test_step_cost_rejects_unknown_model(tmp_path: Path) -> None:

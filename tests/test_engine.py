@@ -416,3 +416,30 @@ def test_fit_with_augment(tmp_path: Path) -> None:
                       device="cpu", progress=False)
     history = trainer.fit(PlainLoss())
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
+
+
+def test_reusing_the_lookahead_forward_changes_nothing_without_dropout(digits: TrainingSet, meta_set) -> None:
+    """The real step on the look-ahead's kept forward (BatchNorm included) trains exactly as
+    with a fresh forward."""
+    runs = {}
+    for reuse in (True, False):
+        strategy = meta_strategy("clean", meta_set)
+        strategy.config.reuse_forward = reuse
+        runs[reuse] = (run(digits, strategy, schedule(2), None, bn=True), strategy)
+    assert_same_tensors(runs[True][0].module.state_dict(), runs[False][0].module.state_dict())
+    assert_same_tensors(runs[True][1].weighter.state_dict(), runs[False][1].weighter.state_dict())
+    accs = {reuse: [row["test_acc"] for row in trainer.history] for reuse, (trainer, _) in runs.items()}
+    assert accs[True] == accs[False]
+
+
+def test_the_estimators_train_alike(digits: TrainingSet, meta_set) -> None:
+    finals = {}
+    for name in ("exact", "jvp"):
+        strategy = meta_strategy("clean", meta_set)
+        strategy.config.estimator = name
+        trainer = run(digits, strategy, schedule(2), None, bn=True)
+        assert strategy.provenance() == {"estimator": name}
+        finals[name] = trainer.module.state_dict()
+    for key, value in finals["exact"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(finals["jvp"][key], value, rtol=1e-3, atol=1e-4)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
+from weightzoo.bilevel.estimators import BilevelProblem, build_estimator, fastest_exact_estimator
 from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
 from weightzoo.bilevel.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices, mixup
 from weightzoo.methods.meta_weighting import weighting_meta_gradient, weighting_meta_step
@@ -60,7 +61,7 @@ def test_meta_step_updates_weighter_only(kind: str) -> None:
     mx, my = torch.randn(6, 6), torch.randint(0, 3, (6,))
     meta_loss = weighting_meta_step(
         model, sw, torch.optim.Adam(weighter.parameters(), lr=1e-2), x, y, mx, my, lr=0.5,
-    )
+    ).meta_loss
     assert_same_state(model, before)  # incl. BN running stats and num_batches_tracked
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is None for p in weighter.parameters())
@@ -221,7 +222,7 @@ def test_meta_step_with_dropout_and_soft_meta_targets() -> None:
     meta_loss = weighting_meta_step(
         model, weighting(weighter, 4, [0, 1, 1, 0]), torch.optim.Adam(weighter.parameters(), lr=1e-3),
         torch.randn(9, 5), torch.randint(0, 4, (9,)), mx, my_soft, lr=0.1,
-    )
+    ).meta_loss
     assert_same_state(model, before)
     assert math.isfinite(meta_loss)
 
@@ -370,3 +371,81 @@ def test_mixup_lambda_follows_beta() -> None:
     lams_t = torch.tensor(lams)
     # Beta(0.2, 0.2) is U-shaped (mass near 0 and 1), unlike Beta(1, 1).
     assert 0.45 < float(((lams_t < 0.1) | (lams_t > 0.9)).float().mean()) < 0.85
+
+
+# --- meta-gradient estimators ------------------------------------------------------------
+
+
+def conv_bn_dropout(dtype: torch.dtype) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).to(dtype).train()
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("norm", ["sum", "mean", "detached_sum"])
+@pytest.mark.parametrize("config", [LookaheadConfig(), BOTH], ids=["plain", "momentum+wd"])
+def test_jvp_estimator_equals_the_second_order_gradient(dtype, rtol, norm, config) -> None:
+    """One JVP instead of the double backward: the same weighter gradient, with BatchNorm and
+    dropout in the model, nesterov momentum and weight decay in the virtual step, and the
+    same RNG stream afterwards."""
+    torch.manual_seed(0)
+    model = conv_bn_dropout(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    x, y = torch.randn(16, 1, 8, 8, dtype=dtype), torch.randint(0, 10, (16,))
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    sw = SampleWeighting.fit(CMWNet(num_families=3, normalization=norm).to(dtype),
+                             [5, 5, 5, 20, 20, 20, 60, 60, 60, 60])
+    mx, my = torch.randn(12, 1, 8, 8, dtype=dtype), torch.randint(0, 10, (12,))
+    before = snapshot(model)
+    results, rng = {}, {}
+    for name in ("exact", "jvp"):
+        torch.manual_seed(5)
+        results[name] = weighting_meta_gradient(model, sw, x, y, mx, my, lr=0.1, optimizer=opt,
+                                                lookahead_config=config, estimator=build_estimator(name))
+        rng[name] = torch.get_rng_state()
+        assert_same_state(model, before)
+    exact, jvp = results["exact"], results["jvp"]
+    assert exact.meta_loss == pytest.approx(jvp.meta_loss, rel=1e-12)
+    for a, b in zip(exact.grads, jvp.grads, strict=True):
+        assert float((a - b).norm() / a.norm()) < rtol
+    assert torch.equal(rng["exact"], rng["jvp"])
+
+
+def test_jvp_needs_a_weighted_objective_and_auto_picks_by_model() -> None:
+    model = nn.Linear(3, 2)
+    problem = BilevelProblem(model=model, x=torch.randn(4, 3), objective=ce_term(torch.tensor([0, 1, 0, 1])),
+                             meta_x=torch.randn(2, 3), meta_y=torch.tensor([0, 1]),
+                             meta_loss_fn=lambda z, t: F.cross_entropy(z, t),
+                             hyper_params=[torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="needs a WeightedObjective"):
+        build_estimator("jvp")(problem)
+    assert fastest_exact_estimator(bn_mlp()) == "jvp"
+    assert fastest_exact_estimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))) == "exact"
+    with pytest.raises(ValueError, match="unknown meta-gradient estimator"):
+        build_estimator("magic")
+
+
+@pytest.mark.parametrize("name", ["exact", "jvp"])
+def test_kept_forward_is_the_real_forward(name: str) -> None:
+    """The look-ahead's forward at theta, kept for the real step: the same logits and
+    gradient as a fresh forward, and the buffers a fresh forward would leave."""
+    torch.manual_seed(0)
+    model = bn_mlp().train()
+    fresh = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    sw = weighting(MWNet(), 3)
+    result = weighting_meta_gradient(model, sw, x, y, torch.randn(5, 6), torch.randint(0, 3, (5,)),
+                                     lr=0.1, optimizer=opt, estimator=build_estimator(name),
+                                     keep_forward=True)
+    assert result.forward is not None
+    result.forward.restore_buffers(model)
+    logits = fresh(x)
+    assert torch.equal(result.forward.logits, logits)
+    assert_same_state(model, snapshot(fresh))  # BN running stats advanced exactly once
+    F.cross_entropy(result.forward.logits, y).backward()
+    F.cross_entropy(logits, y).backward()
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)

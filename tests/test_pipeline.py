@@ -385,3 +385,16 @@ def test_demo_cli(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.stderr
     report = json.loads(again.stdout)
     assert report["transfer"]["runs"] == comparison["runs"]
+
+
+def test_the_recipe_chooses_the_estimator_and_the_artifact_records_it(tmp_path: Path) -> None:
+    recipe = load_recipe("digits-sym40-mwnet", [*SHORT, "method.estimator=jvp"])
+    train_recipe(recipe, tmp_path / "jvp", device="cpu", progress=False)
+    method = load_artifact(tmp_path / "jvp" / WEIGHTER_DIR).config.metadata["method"]
+    assert method["estimator"] == "jvp" and method["reuse_forward"] is True
+    auto = load_recipe("digits-sym40-mwnet", SHORT)
+    assert auto.method.config.estimator == "auto"
+    train_recipe(auto, tmp_path / "auto", device="cpu", progress=False)
+    assert load_artifact(tmp_path / "auto" / WEIGHTER_DIR).config.metadata["method"]["estimator"] == "exact"
+    with pytest.raises(ValueError, match="method.estimator must be one of"):
+        load_recipe("digits-sym40-mwnet", ["method.estimator=fast"])

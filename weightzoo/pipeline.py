@@ -140,8 +140,8 @@ def environment() -> dict[str, str | int]:
 
 # ----------------------------------------------------------------------------------------
 def _provenance(
-    recipe: Recipe, data: PreparedData, weighting: SampleWeighting, metrics: dict[str, Any],
-    command: str | None, baseline: dict[str, Any] | None,
+    recipe: Recipe, data: PreparedData, method: Method, weighting: SampleWeighting,
+    metrics: dict[str, Any], command: str | None, baseline: dict[str, Any] | None,
 ) -> Provenance:
     bias = data.bias.report
     families = weighting.families
@@ -149,7 +149,8 @@ def _provenance(
         name=recipe.name, description=recipe.description,
         source={"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
                 "n_train": len(data.train.y), "n_meta": data.report()["n_meta"]},
-        method={**recipe.to_dict()["method"], "schedule": asdict(recipe.schedule), "model": recipe.model},
+        method={**recipe.to_dict()["method"], **method.provenance(), "schedule": asdict(recipe.schedule),
+                "model": recipe.model},
         families={} if families is None else {
             "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist()},
         metrics={k: v for k, v in metrics.items() if k != "per_class_acc"},
@@ -209,7 +210,7 @@ def train_recipe(
     if weighting is not None:
         weighter = weighting.weighter
         weighter.config.metadata = _provenance(
-            recipe, data, weighting, metrics, command, baseline
+            recipe, data, method, weighting, metrics, command, baseline
         ).to_metadata()
         save_artifact(weighter.cpu(), out / WEIGHTER_DIR)
         atomic_write(out / CURVE_NAME, lambda tmp: shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, tmp))

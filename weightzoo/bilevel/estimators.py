@@ -8,7 +8,14 @@ step of the real optimizer. Estimators register by name (``register_estimator``)
 recipes choose one (``estimator = "exact"``) and artifacts record which one trained them.
 
 - ``exact``: the one-step look-ahead with a create-graph backward and the second-order
-  backward through it (MW-Net Algorithm 1); the default.
+  backward through it (MW-Net Algorithm 1); the default; any objective.
+- ``jvp``: the same gradient without the second-order backward, for objectives that are a
+  weighted per-sample loss (:class:`WeightedObjective`), by the identity of MW-Net Eq. 6:
+  with L = sum_i v_i l_i / sum v and theta' = theta - lr c grad L, dL^meta/dv_i =
+  -(j_i - sum_k v_k j_k / sum v) / sum v, where j = J_l(theta) (lr c g) is one forward-mode
+  JVP of the per-sample losses along g = grad L^meta(theta') (BatchNorm's batch coupling
+  included); then one backward through the weights only. ``mean``: dv_i = -j_i / B;
+  ``detached_sum``: no centring.
 """
 
 from __future__ import annotations
@@ -21,10 +28,44 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
-from weightzoo.bilevel.lookahead import LookaheadConfig, Objective, functional_forward, lookahead
+from weightzoo.bilevel.lookahead import (
+    LookaheadConfig,
+    Objective,
+    functional_forward,
+    gradient_coefficient,
+    lookahead,
+    steppable_parameters,
+    virtual_step,
+)
+from weightzoo.weighting.reduction import LossTerm, total_loss
 
 MetaLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class WeightedObjective:
+    """A training objective made of one weighted per-sample loss (and optional terms that do
+    not depend on the weights): ``name`` -> LossTerm(losses_fn(logits), weights_fn(losses),
+    normalization), plus ``extra(logits)``. Callable like any :data:`Objective`; estimators
+    that need the structure (``jvp``) read it."""
+
+    losses_fn: Callable[[torch.Tensor], torch.Tensor]
+    weights_fn: Callable[[torch.Tensor], torch.Tensor]
+    normalization: str
+    name: str = "ce"
+    extra: Callable[[torch.Tensor], dict[str, LossTerm]] | None = None
+
+    def terms(self, logits: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, LossTerm]:
+        losses = self.losses_fn(logits)
+        if weights is None:
+            weights = self.weights_fn(losses)
+        terms = {self.name: LossTerm(losses, weights, self.normalization)}
+        return {**terms, **(self.extra(logits) if self.extra is not None else {})}
+
+    def __call__(self, logits: torch.Tensor) -> dict[str, LossTerm]:
+        return self.terms(logits)
 
 
 @dataclass
@@ -47,14 +88,38 @@ class BilevelProblem:
     lr: float | None
     optimizer: torch.optim.Optimizer | None = None
     lookahead_config: LookaheadConfig = field(default_factory=LookaheadConfig)
+    keep_forward: bool = False
+
+
+@dataclass(frozen=True)
+class KeptForward:
+    """The look-ahead's forward of the real model at theta on x, kept for the real step.
+
+    logits (B, C) carry the autograd graph to the model's parameters; buffers are the
+    model's buffers as that forward left them (BatchNorm running statistics advanced once,
+    exactly as a fresh forward would). Reusing it saves the real step's forward; it differs
+    from a fresh forward only where the forward is random (dropout masks are shared with
+    the look-ahead) or runs under autocast (the kept forward is full precision).
+    """
+
+    logits: torch.Tensor
+    buffers: dict[str, torch.Tensor]
+
+    def restore_buffers(self, model: nn.Module) -> None:
+        """Advance the real model's buffers as the kept forward did."""
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(self.buffers[name])
 
 
 @dataclass(frozen=True)
 class MetaGradient:
-    """meta_loss: L^meta at theta'; grads: dL^meta/d hyper, one per ``hyper_params`` entry."""
+    """meta_loss: L^meta at theta'; grads: dL^meta/d hyper, one per ``hyper_params`` entry;
+    forward: the look-ahead's forward at theta when the problem asked to keep it."""
 
     meta_loss: float
     grads: tuple[torch.Tensor, ...]
+    forward: KeptForward | None = None
 
 
 class MetaGradientEstimator(ABC):
@@ -81,10 +146,21 @@ def estimator_names() -> tuple[str, ...]:
     return tuple(sorted(_ESTIMATORS))
 
 
+AUTO = "auto"
+
+
 def build_estimator(name: str) -> MetaGradientEstimator:
     if name not in _ESTIMATORS:
         raise ValueError(f"unknown meta-gradient estimator {name!r}; one of {', '.join(estimator_names())}")
     return _ESTIMATORS[name]()
+
+
+def fastest_exact_estimator(model: nn.Module) -> str:
+    """``jvp`` for models with convolutions or batch norm (whose double backward dominates the
+    second-order route), ``exact`` otherwise (a JVP through a linear layer costs more than its
+    double backward); both give the same gradient. Measured in benchmarks/README.md."""
+    costly = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase)
+    return "jvp" if any(isinstance(m, costly) for m in model.modules()) else "exact"
 
 
 @register_estimator
@@ -94,17 +170,126 @@ class ExactSecondOrder(MetaGradientEstimator):
     name = "exact"
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
+        seen: list[torch.Tensor] = []
+
+        def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
+            seen.append(logits)
+            return problem.objective(logits)
+
         state = lookahead(
-            problem.model, problem.x, problem.objective, lr=problem.lr,
+            problem.model, problem.x, objective, lr=problem.lr,
             optimizer=problem.optimizer, config=problem.lookahead_config,
         )
+        kept = _kept(problem, seen[0], state)
         with torch.autocast(device_type=problem.meta_x.device.type, enabled=False):
             logits = functional_forward(problem.model, state, problem.meta_x)
             meta_loss = problem.meta_loss_fn(logits, problem.meta_y)
             if meta_loss.dim() != 0:
                 raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
-            grads = torch.autograd.grad(meta_loss, problem.hyper_params, materialize_grads=True)
-        return MetaGradient(float(meta_loss.detach()), tuple(grads))
+            grads = torch.autograd.grad(meta_loss, problem.hyper_params, materialize_grads=True,
+                                        retain_graph=kept is not None)
+        return MetaGradient(float(meta_loss.detach()), tuple(grads), kept)
+
+
+def _kept(
+    problem: BilevelProblem, logits: torch.Tensor, state: dict[str, torch.Tensor]
+) -> KeptForward | None:
+    """The first forward, with a snapshot of the buffers it left (before the meta forward)."""
+    if not problem.keep_forward:
+        return None
+    return KeptForward(logits, {n: state[n].clone() for n, _ in problem.model.named_buffers()})
+
+
+@register_estimator
+class ExactJVP(MetaGradientEstimator):
+    """The exact meta-gradient of a :class:`WeightedObjective` with one JVP instead of the
+    second-order backward (see the module docstring). Uses the RNG exactly as ``exact`` does
+    (the JVP forward replays the first forward's dropout masks)."""
+
+    name = "jvp"
+
+    def __call__(self, problem: BilevelProblem) -> MetaGradient:
+        objective = problem.objective
+        if not isinstance(objective, WeightedObjective):
+            raise ValueError("the 'jvp' estimator needs a WeightedObjective (a weighted per-sample "
+                             "loss); use estimator 'exact' for other objectives")
+        model, x, config = problem.model, problem.x, problem.lookahead_config
+        trainable, groups = steppable_parameters(model, problem.optimizer, problem.lr, config)
+        named = dict(model.named_parameters())
+        frozen = {n: p.detach() for n, p in named.items() if n not in trainable}
+        original_buffers = {n: b.clone() for n, b in model.named_buffers()}
+        buffers = {n: b.clone() for n, b in original_buffers.items()}
+        device = x.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            rng = _rng_state(device)
+            logits = functional_forward(model, {**named, **buffers}, x)
+            losses = objective.losses_fn(logits)
+            weights = objective.weights_fn(losses)  # (B,), graph to hyper_params
+            loss = total_loss(objective.terms(logits, weights.detach()))
+            grads = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
+                                        retain_graph=problem.keep_forward)
+            kept = _kept(problem, logits, buffers)
+            with torch.no_grad():
+                stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,
+                                       detached=True)
+            meta_params = {n: p.requires_grad_(True) for n, p in stepped.items()}
+            meta_logits = functional_forward(model, {**named, **frozen, **buffers, **meta_params},
+                                             problem.meta_x)
+            meta_loss = problem.meta_loss_fn(meta_logits, problem.meta_y)
+            if meta_loss.dim() != 0:
+                raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
+            g = torch.autograd.grad(meta_loss, list(meta_params.values()))
+            direction = {
+                name: g_p * (groups[id(trainable[name])]["lr"]
+                             * gradient_coefficient(trainable[name], groups[id(trainable[name])],
+                                                    problem.optimizer, config))
+                for name, g_p in zip(meta_params, g, strict=True)
+            }
+            primals = {n: trainable[n].detach() for n in direction}
+            fixed = {**{n: p.detach() for n, p in named.items() if n not in direction},
+                     **original_buffers}
+
+            def per_sample(params: dict[str, torch.Tensor]) -> torch.Tensor:
+                return objective.losses_fn(functional_forward(model, {**fixed, **params}, x))
+
+            after_meta = _rng_state(device)
+            _set_rng_state(device, rng)  # the first forward's dropout masks
+            with forward_ad.dual_level():
+                duals = {n: forward_ad.make_dual(primals[n], direction[n]) for n in primals}
+                j = forward_ad.unpack_dual(per_sample(duals)).tangent
+            _set_rng_state(device, after_meta)
+            dv = _weight_gradient(j.detach(), losses.detach(), weights.detach(), objective.normalization)
+            hyper = torch.autograd.grad(weights, problem.hyper_params, grad_outputs=dv,
+                                        materialize_grads=True)
+        return MetaGradient(float(meta_loss.detach()), tuple(hyper), kept)
+
+
+def _weight_gradient(
+    j: torch.Tensor, losses: torch.Tensor, weights: torch.Tensor, normalization: str
+) -> torch.Tensor:
+    """dL^meta/dv (B,) from j (B,) = per-sample directional derivatives along lr c g."""
+    finite = torch.isfinite(losses)
+    j = torch.where(finite, j, torch.zeros_like(j))
+    if normalization == "mean":
+        return -j / losses.numel()
+    total = weights.sum()
+    if normalization == "sum":
+        centred = j - (weights * j).sum() / total
+        return torch.where(total > 0, -centred / total, -j)
+    if normalization == "detached_sum":
+        return torch.where(total > 0, -j / total, -j)
+    raise ValueError(f"unknown normalization {normalization!r}")
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def apply_meta_gradient(

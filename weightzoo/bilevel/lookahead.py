@@ -65,11 +65,8 @@ def lookahead(
     Returns the full state for ``functional_call``: stepped parameters, the unchanged
     frozen parameters, and clones of all buffers (as left by the forward on x).
     """
-    groups = _param_groups(model, optimizer, lr, config)
+    trainable, groups = steppable_parameters(model, optimizer, lr, config)
     named = dict(model.named_parameters())
-    trainable = {name: p for name, p in named.items() if p.requires_grad and id(p) in groups}
-    if not trainable:
-        raise ValueError("the model has no trainable parameters for the look-ahead step")
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     with torch.autocast(device_type=x.device.type, enabled=False):
         terms = objective(functional_forward(model, {**named, **buffers}, x))
@@ -79,13 +76,58 @@ def lookahead(
         grads = torch.autograd.grad(
             loss, list(trainable.values()), create_graph=True, allow_unused=True
         )
-    opt_state = optimizer.state if optimizer is not None else {}
     stepped = dict(named)
-    for (name, param), grad in zip(trainable.items(), grads, strict=True):
-        if grad is not None:  # a parameter without gradient is skipped, as torch SGD does
-            buf = opt_state.get(param, {}).get("momentum_buffer")
-            stepped[name] = _virtual_sgd(param, grad, groups[id(param)], buf, config)
+    stepped.update(virtual_step(trainable, grads, groups, optimizer, config))
     return {**stepped, **buffers}
+
+
+def virtual_step(
+    params: dict[str, torch.Tensor], grads: tuple[torch.Tensor | None, ...], groups: dict[int, dict],
+    optimizer: torch.optim.Optimizer | None, config: LookaheadConfig, *, detached: bool = False,
+) -> dict[str, torch.Tensor]:
+    """theta' of every parameter with a gradient (a parameter without one is skipped, as
+    torch SGD does); differentiable through ``grads`` when they carry a graph, or plain
+    tensors from the detached parameters with ``detached``."""
+    opt_state = optimizer.state if optimizer is not None else {}
+    stepped = {}
+    for (name, param), grad in zip(params.items(), grads, strict=True):
+        if grad is not None:
+            buf = opt_state.get(param, {}).get("momentum_buffer")
+            value = param.detach() if detached else param
+            stepped[name] = _virtual_sgd(value, grad, groups[id(param)], buf, config)
+    return stepped
+
+
+def gradient_coefficient(
+    param: torch.Tensor, group: dict, optimizer: torch.optim.Optimizer | None, config: LookaheadConfig,
+) -> float:
+    """c with d theta' / d (grad of the objective) = -lr * c for this parameter's virtual step:
+    1 for plain SGD; (1 - dampening), or 1 + momentum (1 - dampening) with nesterov, once a
+    momentum buffer exists; 1, or 1 + momentum with nesterov, on the first step; negated
+    with ``maximize``. (Weight decay adds a term that does not depend on the objective.)"""
+    momentum = group.get("momentum", 0.0) if config.include_momentum else 0.0
+    dampening = group.get("dampening", 0.0)
+    nesterov = bool(group.get("nesterov", False)) and momentum != 0
+    has_buffer = optimizer is not None and optimizer.state.get(param, {}).get("momentum_buffer") is not None
+    if momentum == 0 or (not has_buffer and dampening != 0):
+        c = 1.0
+    else:
+        kept = (1.0 - dampening) if has_buffer else 1.0
+        c = 1.0 + momentum * kept if nesterov else kept
+    return -c if group.get("maximize", False) else c
+
+
+def steppable_parameters(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None,
+    config: LookaheadConfig,
+) -> tuple[dict[str, torch.Tensor], dict[int, dict]]:
+    """(name -> parameter the virtual step moves, id(param) -> its group with the step's lr)."""
+    groups = _param_groups(model, optimizer, lr, config)
+    trainable = {name: p for name, p in model.named_parameters()
+                 if p.requires_grad and id(p) in groups}
+    if not trainable:
+        raise ValueError("the model has no trainable parameters for the look-ahead step")
+    return trainable, groups
 
 
 def _param_groups(

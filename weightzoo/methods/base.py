@@ -125,6 +125,11 @@ class Method(ABC):
         """The weighting this method learned (published as the run's artifact), if any."""
         return None
 
+    def provenance(self) -> dict[str, Any]:
+        """What the artifact's card should record beyond the method's config (e.g. the
+        meta-gradient estimator ``auto`` resolved to)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

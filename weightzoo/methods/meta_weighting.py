@@ -17,12 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from weightzoo.bilevel.estimators import (
+    AUTO,
     BilevelProblem,
+    KeptForward,
     MetaGradient,
     MetaGradientEstimator,
+    WeightedObjective,
     apply_meta_gradient,
     build_estimator,
     estimator_names,
+    fastest_exact_estimator,
 )
 from weightzoo.bilevel.lookahead import LookaheadConfig
 from weightzoo.bilevel.metaset import ModelEMA, lowest_loss_indices, mixup
@@ -49,7 +53,7 @@ def weighting_meta_gradient(
     meta_x: torch.Tensor, meta_y: torch.Tensor, *, lr: float | None,
     optimizer: torch.optim.Optimizer | None = None,
     lookahead_config: LookaheadConfig | None = None,
-    estimator: MetaGradientEstimator | None = None,
+    estimator: MetaGradientEstimator | None = None, keep_forward: bool = False,
 ) -> MetaGradient:
     """dL^meta/dTheta for the weighter of ``weighting`` (Algorithm 1, steps 1-3).
 
@@ -57,31 +61,32 @@ def weighting_meta_gradient(
     The training objective is the weighted CE term ``ce``; nothing is modified.
     """
 
-    def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
-        losses = per_sample_loss("ce", logits, y)
-        weights = weighting.weights(losses, y, grad=True, checked=True)
-        return {"ce": LossTerm(losses, weights, weighting.normalization)}
-
+    objective = WeightedObjective(
+        losses_fn=lambda logits: per_sample_loss("ce", logits, y),
+        weights_fn=lambda losses: weighting.weights(losses, y, grad=True, checked=True),
+        normalization=weighting.normalization,
+    )
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the weighter has no trainable parameters to meta-learn")
     return (estimator or build_estimator("exact"))(BilevelProblem(
         model=model, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
         meta_loss_fn=mean_cross_entropy, hyper_params=params, lr=lr, optimizer=optimizer,
-        lookahead_config=lookahead_config or LookaheadConfig(),
+        lookahead_config=lookahead_config or LookaheadConfig(), keep_forward=keep_forward,
     ))
 
 
 def weighting_meta_step(
     model: nn.Module, weighting: SampleWeighting, weighter_optimizer: torch.optim.Optimizer,
     x: torch.Tensor, y: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, **kwargs: Any,
-) -> float:
+) -> MetaGradient:
     """One meta update of the weighter (arguments as :func:`weighting_meta_gradient`);
-    returns the meta loss. A non-finite meta loss raises and leaves the weighter unchanged."""
+    returns its meta-gradient (``.meta_loss``, ``.forward`` when kept). A non-finite meta
+    loss raises and leaves the weighter unchanged."""
     result = weighting_meta_gradient(model, weighting, x, y, meta_x, meta_y, **kwargs)
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     apply_meta_gradient(result, params, weighter_optimizer)
-    return result.meta_loss
+    return result
 
 
 @dataclass
@@ -127,14 +132,21 @@ class MetaWeightingConfig:
 
     num_families: heads K (task families); hidden: width of the shared layer;
     normalization / input_norm: as in :class:`~weightzoo.weighting.nets.WeighterConfig`;
-    estimator: the meta-gradient estimator (``exact``); meta: the ``[meta]`` table.
+    estimator: the meta-gradient estimator: ``auto`` (the faster exact route for the model:
+        ``jvp`` with convolutions or batch norm, else ``exact``), ``exact`` (second-order
+        backward) or ``jvp`` (the same gradient with one forward-mode JVP instead);
+    reuse_forward: the real step reuses the look-ahead's forward at theta instead of a
+        fresh one (single process, no autocast); identical results unless the model has
+        dropout (the masks are then shared with the look-ahead);
+    meta: the ``[meta]`` table.
     """
 
     num_families: int = 3
     hidden: int = 100
     normalization: str = "sum"
     input_norm: str = "log_classes"
-    estimator: str = "exact"
+    estimator: str = AUTO
+    reuse_forward: bool = True
     meta: MetaConfig = field(default_factory=MetaConfig)
 
     def __post_init__(self) -> None:
@@ -144,8 +156,8 @@ class MetaWeightingConfig:
             raise ValueError(f"method.normalization must be one of {NORMALIZATIONS}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"method.input_norm must be one of {INPUT_NORMS}")
-        if self.estimator not in estimator_names():
-            raise ValueError(f"method.estimator must be one of {estimator_names()}")
+        if self.estimator not in (AUTO, *estimator_names()):
+            raise ValueError(f"method.estimator must be one of {(AUTO, *estimator_names())}")
 
     def validate(self, schedule: Schedule) -> None:
         if schedule.warmup_epochs >= schedule.epochs:
@@ -183,7 +195,7 @@ class MetaWeighting(Method):
     ) -> None:
         self.config, self.kind, self.weighter = config, kind, weighter
         self.meta_x, self.meta_y, self.family_seed = meta_x, meta_y, family_seed
-        self.estimator = build_estimator(config.estimator)
+        self.estimator: MetaGradientEstimator | None = None
         self.weighting: SampleWeighting | None = None
         self.ema: ModelEMA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -223,6 +235,8 @@ class MetaWeighting(Method):
         assert self.weighter is not None
         if self.meta.source == "clean" and (self.meta_y is None or len(self.meta_y) == 0):
             raise ValueError("a clean meta set (meta_x, meta_y) is required for meta.source = 'clean'")
+        name = self.config.estimator
+        self.estimator = build_estimator(fastest_exact_estimator(trainer.module) if name == AUTO else name)
         self.weighter.to(trainer.device).train().requires_grad_(True)
         self.optimizer = torch.optim.Adam(
             self.weighter.parameters(), lr=self.meta.meta_lr, weight_decay=self.meta.meta_weight_decay,
@@ -248,21 +262,29 @@ class MetaWeighting(Method):
             return mixup(x, F.one_hot(y, trainer.data.num_classes).float(), self.meta.mixup_alpha)
         return x, y
 
-    def _meta_update(self, trainer: Trainer, batch: Batch) -> None:
+    def _meta_update(self, trainer: Trainer, batch: Batch) -> KeptForward | None:
         assert self.weighting is not None and self.optimizer is not None
         meta_x, meta_y = self._meta_batch(trainer)
-        meta_loss = weighting_meta_step(
+        keep = self.config.reuse_forward and trainer.amp_dtype is None and trainer.world == 1
+        result = weighting_meta_step(
             trainer.module, self.weighting, self.optimizer, batch.x, batch.y, meta_x, meta_y,
-            lr=batch.lr, optimizer=trainer.optimizer, estimator=self.estimator,
+            lr=batch.lr, optimizer=trainer.optimizer, estimator=self.estimator, keep_forward=keep,
             lookahead_config=LookaheadConfig(self.meta.include_momentum, self.meta.include_weight_decay),
         )
-        self._meta_losses.append(meta_loss)
+        self._meta_losses.append(result.meta_loss)
+        return result.forward
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         assert self.weighting is not None, "setup() was not called"
+        kept = None
         if not batch.warmup and batch.iteration % self.meta.meta_interval == 0:
-            self._meta_update(trainer, batch)
-        losses = per_sample_loss("ce", trainer.model(batch.x).float(), batch.y)
+            kept = self._meta_update(trainer, batch)
+        if kept is not None:
+            kept.restore_buffers(trainer.module)
+            logits = kept.logits
+        else:
+            logits = trainer.model(batch.x)
+        losses = per_sample_loss("ce", logits.float(), batch.y)
         if batch.warmup:
             return StepOutput({"ce": LossTerm(losses)})
         weights = self.weighting.weights(losses, batch.y, checked=True)
@@ -279,6 +301,9 @@ class MetaWeighting(Method):
 
     def trained_weighting(self) -> SampleWeighting | None:
         return self.weighting
+
+    def provenance(self) -> dict[str, Any]:
+        return {"estimator": self.estimator.name if self.estimator is not None else None}
 
     def state_dict(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.weighter is not None
