@@ -413,14 +413,34 @@ def test_jvp_estimator_equals_the_second_order_gradient(dtype, rtol, norm, confi
     assert torch.equal(rng["exact"], rng["jvp"])
 
 
-def test_jvp_needs_a_weighted_objective_and_auto_picks_by_model() -> None:
-    model = nn.Linear(3, 2)
-    problem = BilevelProblem(model=model, x=torch.randn(4, 3), objective=ce_term(torch.tensor([0, 1, 0, 1])),
-                             meta_x=torch.randn(2, 3), meta_y=torch.tensor([0, 1]),
-                             meta_loss_fn=lambda z, t: F.cross_entropy(z, t),
-                             hyper_params=[torch.zeros(1, requires_grad=True)], lr=0.1)
-    with pytest.raises(ValueError, match="needs a WeightedObjective"):
-        build_estimator("jvp")(problem)
+def test_jvp_takes_any_objective_and_auto_picks_by_model() -> None:
+    """A soft-label objective with two weight vectors (v on the given label, 1 - v on a soft
+    label), as the SL loss has, and a meta-learned scale on the soft term: both agree."""
+    torch.manual_seed(3)
+    model = bn_mlp().double().train()
+    x, y, soft = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,)), torch.rand(10, 3)
+    soft = (soft / soft.sum(1, keepdim=True)).double()
+    weighter = CMWNet(num_families=1, hidden=16).double()
+    scale = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+
+    def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
+        hard = F.cross_entropy(logits, y, reduction="none")
+        pseudo = -(soft * F.log_softmax(logits, 1)).sum(1)
+        v = weighter(hard, None, 3)
+        return {"hard": LossTerm(hard, v, "mean"), "soft": LossTerm(pseudo * scale, 1 - v, "mean")}
+
+    params = [*weighter.parameters(), scale]
+    problem = BilevelProblem(model=model, x=x, objective=objective, meta_x=torch.randn(6, 6).double(),
+                             meta_y=torch.randint(0, 3, (6,)), meta_loss_fn=F.cross_entropy,
+                             hyper_params=params, lr=0.2)
+    exact, jvp = build_estimator("exact")(problem), build_estimator("jvp")(problem)
+    for a, b in zip(exact.grads, jvp.grads, strict=True):
+        assert float((a - b).norm() / a.norm()) < 1e-12
+    unused = BilevelProblem(model=model, x=x, objective=ce_term(y), meta_x=problem.meta_x,
+                            meta_y=problem.meta_y, meta_loss_fn=problem.meta_loss_fn,
+                            hyper_params=[torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="does not depend on both"):
+        build_estimator("jvp")(unused)
     assert fastest_exact_estimator(bn_mlp()) == "jvp"
     assert fastest_exact_estimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))) == "exact"
     with pytest.raises(ValueError, match="unknown meta-gradient estimator"):

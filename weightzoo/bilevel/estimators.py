@@ -9,13 +9,15 @@ recipes choose one (``estimator = "exact"``) and artifacts record which one trai
 
 - ``exact``: the one-step look-ahead with a create-graph backward and the second-order
   backward through it (MW-Net Algorithm 1); the default; any objective.
-- ``jvp``: the same gradient without the second-order backward, for objectives that are a
-  weighted per-sample loss (:class:`WeightedObjective`), by the identity of MW-Net Eq. 6:
-  with L = sum_i v_i l_i / sum v and theta' = theta - lr c grad L, dL^meta/dv_i =
-  -(j_i - sum_k v_k j_k / sum v) / sum v, where j = J_l(theta) (lr c g) is one forward-mode
-  JVP of the per-sample losses along g = grad L^meta(theta') (BatchNorm's batch coupling
-  included); then one backward through the weights only. ``mean``: dv_i = -j_i / B;
-  ``detached_sum``: no centring.
+- ``jvp``: the same gradient without the second-order backward (MW-Net Eq. 6 in general
+  form). With theta' = theta - lr c grad_theta L(theta, hyper) (+ terms free of hyper) and
+  g = grad L^meta(theta'), dL^meta/dhyper = -d/dhyper [ D_u L(theta, hyper) ], u = lr c g:
+  the directional derivative of the training objective along u, computed by one
+  forward-mode pass of the model at theta with dual parameters (BatchNorm's batch coupling
+  included), whose tangent is then differentiated in reverse mode w.r.t. the
+  hyper-parameters only (a backward through the objective and the weighter, not the
+  model). For L = sum v_i l_i / sum v this is dL^meta/dv_i = -(j_i - sum_k v_k j_k / sum v)
+  / sum v with j = J_l u, the form DESIGN.md states; any objective works.
 """
 
 from __future__ import annotations
@@ -42,30 +44,6 @@ from weightzoo.bilevel.lookahead import (
 from weightzoo.weighting.reduction import LossTerm, total_loss
 
 MetaLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class WeightedObjective:
-    """A training objective made of one weighted per-sample loss (and optional terms that do
-    not depend on the weights): ``name`` -> LossTerm(losses_fn(logits), weights_fn(losses),
-    normalization), plus ``extra(logits)``. Callable like any :data:`Objective`; estimators
-    that need the structure (``jvp``) read it."""
-
-    losses_fn: Callable[[torch.Tensor], torch.Tensor]
-    weights_fn: Callable[[torch.Tensor], torch.Tensor]
-    normalization: str
-    name: str = "ce"
-    extra: Callable[[torch.Tensor], dict[str, LossTerm]] | None = None
-
-    def terms(self, logits: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, LossTerm]:
-        losses = self.losses_fn(logits)
-        if weights is None:
-            weights = self.weights_fn(losses)
-        terms = {self.name: LossTerm(losses, weights, self.normalization)}
-        return {**terms, **(self.extra(logits) if self.extra is not None else {})}
-
-    def __call__(self, logits: torch.Tensor) -> dict[str, LossTerm]:
-        return self.terms(logits)
 
 
 @dataclass
@@ -202,30 +180,23 @@ def _kept(
 
 @register_estimator
 class ExactJVP(MetaGradientEstimator):
-    """The exact meta-gradient of a :class:`WeightedObjective` with one JVP instead of the
-    second-order backward (see the module docstring). Uses the RNG exactly as ``exact`` does
-    (the JVP forward replays the first forward's dropout masks)."""
+    """The exact meta-gradient with one forward-mode pass instead of the second-order backward
+    (see the module docstring). Uses the RNG exactly as ``exact`` does: the dual forward
+    replays the first forward's dropout masks."""
 
     name = "jvp"
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
-        objective = problem.objective
-        if not isinstance(objective, WeightedObjective):
-            raise ValueError("the 'jvp' estimator needs a WeightedObjective (a weighted per-sample "
-                             "loss); use estimator 'exact' for other objectives")
         model, x, config = problem.model, problem.x, problem.lookahead_config
         trainable, groups = steppable_parameters(model, problem.optimizer, problem.lr, config)
         named = dict(model.named_parameters())
-        frozen = {n: p.detach() for n, p in named.items() if n not in trainable}
         original_buffers = {n: b.clone() for n, b in model.named_buffers()}
         buffers = {n: b.clone() for n, b in original_buffers.items()}
         device = x.device
         with torch.autocast(device_type=device.type, enabled=False):
             rng = _rng_state(device)
             logits = functional_forward(model, {**named, **buffers}, x)
-            losses = objective.losses_fn(logits)
-            weights = objective.weights_fn(losses)  # (B,), graph to hyper_params
-            loss = total_loss(objective.terms(logits, weights.detach()))
+            loss = total_loss(problem.objective(logits))
             grads = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
                                         retain_graph=problem.keep_forward)
             kept = _kept(problem, logits, buffers)
@@ -233,52 +204,34 @@ class ExactJVP(MetaGradientEstimator):
                 stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,
                                        detached=True)
             meta_params = {n: p.requires_grad_(True) for n, p in stepped.items()}
-            meta_logits = functional_forward(model, {**named, **frozen, **buffers, **meta_params},
+            meta_buffers = {n: b.clone() for n, b in buffers.items()}
+            meta_logits = functional_forward(model, {**named, **meta_buffers, **meta_params},
                                              problem.meta_x)
             meta_loss = problem.meta_loss_fn(meta_logits, problem.meta_y)
             if meta_loss.dim() != 0:
                 raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
             g = torch.autograd.grad(meta_loss, list(meta_params.values()))
-            direction = {
-                name: g_p * (groups[id(trainable[name])]["lr"]
-                             * gradient_coefficient(trainable[name], groups[id(trainable[name])],
-                                                    problem.optimizer, config))
-                for name, g_p in zip(meta_params, g, strict=True)
-            }
-            primals = {n: trainable[n].detach() for n in direction}
-            fixed = {**{n: p.detach() for n, p in named.items() if n not in direction},
-                     **original_buffers}
-
-            def per_sample(params: dict[str, torch.Tensor]) -> torch.Tensor:
-                return objective.losses_fn(functional_forward(model, {**fixed, **params}, x))
-
             after_meta = _rng_state(device)
             _set_rng_state(device, rng)  # the first forward's dropout masks
             with forward_ad.dual_level():
-                duals = {n: forward_ad.make_dual(primals[n], direction[n]) for n in primals}
-                j = forward_ad.unpack_dual(per_sample(duals)).tangent
+                state = {**{n: p.detach() for n, p in named.items()}, **original_buffers}
+                for (name, g_p) in zip(meta_params, g, strict=True):
+                    param, group = trainable[name], groups[id(trainable[name])]
+                    scale = group["lr"] * gradient_coefficient(param, group, problem.optimizer, config)
+                    state[name] = forward_ad.make_dual(param.detach(), g_p * scale)
+                dual_loss = total_loss(problem.objective(functional_forward(model, state, x)))
+                directional = forward_ad.unpack_dual(dual_loss).tangent
             _set_rng_state(device, after_meta)
-            dv = _weight_gradient(j.detach(), losses.detach(), weights.detach(), objective.normalization)
-            hyper = torch.autograd.grad(weights, problem.hyper_params, grad_outputs=dv,
-                                        materialize_grads=True)
+            if directional is None or not directional.requires_grad:
+                raise ValueError("the training objective does not depend on both the model and the "
+                                 "hyper-parameters being meta-learned")
+            try:
+                hyper = torch.autograd.grad(-directional, problem.hyper_params, materialize_grads=True,
+                                            allow_unused=True)
+            except RuntimeError as err:  # a forward-AD formula torch cannot reverse-differentiate
+                raise ValueError(f"the 'jvp' estimator cannot differentiate this objective "
+                                 f"({' '.join(str(err).split()[:12])} ...); use estimator 'exact'") from err
         return MetaGradient(float(meta_loss.detach()), tuple(hyper), kept)
-
-
-def _weight_gradient(
-    j: torch.Tensor, losses: torch.Tensor, weights: torch.Tensor, normalization: str
-) -> torch.Tensor:
-    """dL^meta/dv (B,) from j (B,) = per-sample directional derivatives along lr c g."""
-    finite = torch.isfinite(losses)
-    j = torch.where(finite, j, torch.zeros_like(j))
-    if normalization == "mean":
-        return -j / losses.numel()
-    total = weights.sum()
-    if normalization == "sum":
-        centred = j - (weights * j).sum() / total
-        return torch.where(total > 0, -centred / total, -j)
-    if normalization == "detached_sum":
-        return torch.where(total > 0, -j / total, -j)
-    raise ValueError(f"unknown normalization {normalization!r}")
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,7 +22,6 @@ from weightzoo.bilevel.estimators import (
     KeptForward,
     MetaGradient,
     MetaGradientEstimator,
-    WeightedObjective,
     apply_meta_gradient,
     build_estimator,
     estimator_names,
@@ -61,11 +60,11 @@ def weighting_meta_gradient(
     The training objective is the weighted CE term ``ce``; nothing is modified.
     """
 
-    objective = WeightedObjective(
-        losses_fn=lambda logits: per_sample_loss("ce", logits, y),
-        weights_fn=lambda losses: weighting.weights(losses, y, grad=True, checked=True),
-        normalization=weighting.normalization,
-    )
+    def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
+        losses = per_sample_loss("ce", logits, y)
+        weights = weighting.weights(losses, y, grad=True, checked=True)
+        return {"ce": LossTerm(losses, weights, weighting.normalization)}
+
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the weighter has no trainable parameters to meta-learn")
