@@ -127,12 +127,12 @@ def test_resume_is_bit_identical(name: str, digits: TrainingSet, meta_set, tmp_p
         assert [r["meta_loss"] for r in straight.history] == [r["meta_loss"] for r in second.history]
         assert torch.equal(straight.sample_weights, second.sample_weights)
         assert torch.isfinite(second.sample_weights).all()
-        if straight_strategy.ema is not None:
-            assert_same_tensors(straight_strategy.ema.module.state_dict(),
-                                resumed_strategy.ema.module.state_dict())
-            assert torch.equal(straight_strategy.meta_y, resumed_strategy.meta_y)
-            assert torch.equal(straight_strategy.meta_x, resumed_strategy.meta_x)
-            assert len(resumed_strategy.meta_y) == 4 * 10
+        if straight_strategy.meta_set.ema is not None:
+            assert_same_tensors(straight_strategy.meta_set.ema.module.state_dict(),
+                                resumed_strategy.meta_set.ema.module.state_dict())
+            assert torch.equal(straight_strategy.meta_set.y, resumed_strategy.meta_set.y)
+            assert torch.equal(straight_strategy.meta_set.x, resumed_strategy.meta_set.x)
+            assert len(resumed_strategy.meta_set.y) == 4 * 10
 
 
 def test_resume_of_a_finished_run_only_reloads(digits: TrainingSet, tmp_path: Path) -> None:

@@ -3,16 +3,117 @@
 Without clean data, CMW-Net (§4.2 "Establishing Meta dataset") takes, each epoch, the k
 lowest-loss training samples of every (noisy) class, scored by an EMA of the model in
 eval mode without augmentation, and enriches the meta loss with mixup.
+:class:`MetaSet` is that machinery as one component every bilevel method uses.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from weightzoo.training.engine import Trainer
+
+
+@dataclass
+class MetaSetConfig:
+    """The meta data of a bilevel method (the recipe's ``[meta]`` keys).
+
+    source: ``clean`` (a held-out clean balanced set of ``per_class`` samples per class) or
+        ``train`` (rebuilt each epoch: the ``per_class`` lowest-loss samples per noisy class
+        scored by an EMA model with decay ``ema_decay``).
+    meta_batch_size: meta samples per meta step; mixup_alpha: > 0 mixes meta batches with
+        lambda ~ Beta(alpha, alpha).
+    """
+
+    source: str = "clean"
+    per_class: int = 10
+    meta_batch_size: int = 100
+    mixup_alpha: float = 0.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.source not in ("clean", "train"):
+            raise ValueError(f"meta.source must be 'clean' or 'train', got {self.source!r}")
+        for key in ("meta_batch_size", "per_class"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"meta.{key} must be >= 1")
+        if self.mixup_alpha < 0:
+            raise ValueError("meta.mixup_alpha must be >= 0")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError("meta.ema_decay must be in [0, 1]")
+
+
+@dataclass
+class VirtualStepConfig(MetaSetConfig):
+    """Meta data plus what of the real optimizer the virtual step reproduces."""
+
+    include_momentum: bool = False
+    include_weight_decay: bool = False
+
+
+class MetaSet:
+    """Meta batches for a bilevel method: from a clean set given at construction or by
+    :meth:`bind`, or rebuilt from the training set each epoch (``source = "train"``).
+
+    Lifecycle: ``setup(trainer)`` once, ``rebuild(trainer)`` each epoch, ``batch(trainer)``
+    per meta step, ``after_step(trainer)`` after each real step (EMA update); the EMA model
+    is checkpointed through ``state_dict``.
+    """
+
+    def __init__(self, config: MetaSetConfig, meta_x: torch.Tensor | None = None,
+                 meta_y: torch.Tensor | None = None) -> None:
+        self.config, self.x, self.y = config, meta_x, meta_y
+        self.ema: ModelEMA | None = None
+
+    @property
+    def clean_per_class(self) -> int:
+        """Clean samples per class the run must hold out (0 when rebuilt from training data)."""
+        return self.config.per_class if self.config.source == "clean" else 0
+
+    def bind(self, meta_x: torch.Tensor | None, meta_y: torch.Tensor | None) -> None:
+        if meta_x is not None:
+            self.x, self.y = meta_x, meta_y
+
+    def setup(self, trainer: Trainer) -> None:
+        if self.config.source == "clean" and (self.y is None or len(self.y) == 0):
+            raise ValueError("a clean meta set (meta_x, meta_y) is required for meta.source = 'clean'")
+        if self.config.source == "train":
+            self.ema = ModelEMA(trainer.module, self.config.ema_decay)
+
+    def rebuild(self, trainer: Trainer) -> None:
+        if self.ema is not None:
+            index = lowest_loss_indices(self.ema.module, trainer.data.x, trainer.data.y,
+                                        self.config.per_class)
+            self.x, self.y = trainer.data.x[index], trainer.data.y[index]
+
+    def batch(self, trainer: Trainer, *, dominant: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A meta batch (M, ...) with labels (M,), or soft (M, C) labels under mixup."""
+        assert self.x is not None and self.y is not None, "setup() / rebuild() first"
+        size = min(self.config.meta_batch_size, len(self.y))
+        pick = torch.randperm(len(self.y))[:size]
+        x, y = self.x[pick].to(trainer.device), self.y[pick].to(trainer.device)
+        if self.config.mixup_alpha > 0:
+            soft = F.one_hot(y, trainer.data.num_classes).float()
+            return mixup(x, soft, self.config.mixup_alpha, dominant=dominant)
+        return x, y
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.ema is not None:
+            self.ema.update(trainer.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
 
 
 def balanced_clean_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
@@ -122,18 +223,27 @@ def mixup(
     un-permuted sample dominates (CMW-Net-SL). Randomness comes from ``generator``
     (a CPU generator) or else the global torch RNG.
     """
-    if alpha <= 0:
-        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
     if y_soft.dim() != 2 or y_soft.shape[0] != x.shape[0] or not y_soft.is_floating_point():
         raise ValueError(
             f"y_soft must be float (batch, classes) for {x.shape[0]} inputs, "
             f"got {y_soft.dtype} {tuple(y_soft.shape)}"
         )
+    lam, perm = mixup_pairing(x.shape[0], alpha, generator, dominant)
+    perm = perm.to(x.device)
+    x_mixed = lam * x + (1.0 - lam) * x[perm]
+    y_mixed = lam * y_soft + (1.0 - lam) * y_soft[perm.to(y_soft.device)]
+    return x_mixed, y_mixed
+
+
+def mixup_pairing(
+    batch_size: int, alpha: float, generator: torch.Generator | None = None, dominant: bool = False,
+) -> tuple[float, torch.Tensor]:
+    """(lambda, permutation (B,)) of one mixup: lambda ~ Beta(alpha, alpha), max(lambda,
+    1 - lambda) with ``dominant``; from ``generator`` (CPU) or the global torch RNG."""
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     if dominant:
         lam = max(lam, 1.0 - lam)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    x_mixed = lam * x + (1.0 - lam) * x[perm]
-    y_mixed = lam * y_soft + (1.0 - lam) * y_soft[perm.to(y_soft.device)]
-    return x_mixed, y_mixed
+    return lam, torch.randperm(batch_size, generator=generator)

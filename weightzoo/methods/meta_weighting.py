@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from weightzoo.bilevel.estimators import (
     AUTO,
@@ -24,13 +22,12 @@ from weightzoo.bilevel.estimators import (
     MetaGradientEstimator,
     apply_meta_gradient,
     build_estimator,
-    estimator_names,
-    fastest_exact_estimator,
 )
-from weightzoo.bilevel.lookahead import LookaheadConfig
-from weightzoo.bilevel.metaset import ModelEMA, lowest_loss_indices, mixup
+from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
+from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.losses import per_sample_loss
-from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
+from weightzoo.methods.base import Batch, RunContext, StepOutput
+from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import INPUT_NORMS, NORMALIZATIONS, CMWNet, WeighterConfig, build_weighter
 from weightzoo.weighting.reduction import LossTerm
@@ -42,9 +39,16 @@ if TYPE_CHECKING:
     from weightzoo.training.engine import Schedule, Trainer
 
 
-def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The meta loss: mean CE over the meta batch, hard (M,) or soft (M, C) targets."""
-    return per_sample_loss("ce", logits, targets).mean()
+def weighting_objective(weighting: SampleWeighting, y: torch.Tensor) -> Objective:
+    """The training objective of MW-Net / CMW-Net: the weighted CE term ``ce`` of labels y (B,),
+    differentiable w.r.t. the weighter."""
+
+    def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
+        losses = per_sample_loss("ce", logits, y)
+        weights = weighting.weights(losses, y, grad=True, checked=True)
+        return {"ce": LossTerm(losses, weights, weighting.normalization)}
+
+    return objective
 
 
 def weighting_meta_gradient(
@@ -57,19 +61,13 @@ def weighting_meta_gradient(
     """dL^meta/dTheta for the weighter of ``weighting`` (Algorithm 1, steps 1-3).
 
     x (B, ...), y (B,) a training batch; meta_x (M, ...), meta_y (M,) or (M, C) soft.
-    The training objective is the weighted CE term ``ce``; nothing is modified.
+    Nothing is modified.
     """
-
-    def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
-        losses = per_sample_loss("ce", logits, y)
-        weights = weighting.weights(losses, y, grad=True, checked=True)
-        return {"ce": LossTerm(losses, weights, weighting.normalization)}
-
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the weighter has no trainable parameters to meta-learn")
     return (estimator or build_estimator("exact"))(BilevelProblem(
-        model=model, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
+        model=model, x=x, objective=weighting_objective(weighting, y), meta_x=meta_x, meta_y=meta_y,
         meta_loss_fn=mean_cross_entropy, hyper_params=params, lr=lr, optimizer=optimizer,
         lookahead_config=lookahead_config or LookaheadConfig(), keep_forward=keep_forward,
     ))
@@ -89,40 +87,22 @@ def weighting_meta_step(
 
 
 @dataclass
-class MetaConfig:
-    """Meta-training options (CMW-Net §3.4, §4.2).
-
-    meta_lr / meta_weight_decay: Adam on the weighter (~1e-3 for noise, 1e-5..1e-4 imbalance).
-    meta_interval: a meta step every k iterations.
-    meta_batch_size: meta samples per meta step (drawn from the meta set).
-    include_momentum / include_weight_decay: reproduce them in the virtual step.
-    source: ``clean`` (a held-out clean balanced set of ``per_class`` samples per class) or
-        ``train`` (rebuilt each epoch: the ``per_class`` lowest-loss samples per noisy class
-        scored by an EMA model with decay ``ema_decay``).
-    mixup_alpha: > 0 mixes meta batches with lambda ~ Beta(alpha, alpha).
-    """
+class MetaConfig(VirtualStepConfig):
+    """Meta-training options of a weighter (CMW-Net §3.4, §4.2): the meta set and virtual
+    step (:class:`~weightzoo.bilevel.metaset.VirtualStepConfig`), plus Adam on the weighter
+    (``meta_lr``: ~1e-3 for noise, 1e-5..1e-4 for imbalance; ``meta_weight_decay``) and a
+    meta step every ``meta_interval`` iterations."""
 
     meta_lr: float = 1e-3
     meta_weight_decay: float = 1e-4
     meta_interval: int = 1
-    meta_batch_size: int = 100
-    include_momentum: bool = False
-    include_weight_decay: bool = False
-    source: str = "clean"
-    per_class: int = 10
-    mixup_alpha: float = 0.0
-    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.source not in ("clean", "train"):
-            raise ValueError(f"meta.source must be 'clean' or 'train', got {self.source!r}")
-        for key in ("meta_interval", "meta_batch_size", "per_class"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"meta.{key} must be >= 1")
-        if min(self.meta_lr, self.meta_weight_decay, self.mixup_alpha) < 0:
-            raise ValueError("meta.meta_lr, meta.meta_weight_decay and meta.mixup_alpha must be >= 0")
-        if not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError("meta.ema_decay must be in [0, 1]")
+        super().__post_init__()
+        if self.meta_interval < 1:
+            raise ValueError("meta.meta_interval must be >= 1")
+        if min(self.meta_lr, self.meta_weight_decay) < 0:
+            raise ValueError("meta.meta_lr and meta.meta_weight_decay must be >= 0")
 
 
 @dataclass
@@ -133,7 +113,7 @@ class MetaWeightingConfig:
     normalization / input_norm: as in :class:`~weightzoo.weighting.nets.WeighterConfig`;
     estimator: the meta-gradient estimator: ``auto`` (the faster exact route for the model:
         ``jvp`` with convolutions or batch norm, else ``exact``), ``exact`` (second-order
-        backward) or ``jvp`` (the same gradient with one forward-mode JVP instead);
+        backward) or ``jvp`` (the same gradient with one forward-mode pass instead);
     reuse_forward: the real step reuses the look-ahead's forward at theta instead of a
         fresh one (single process, no autocast); identical results unless the model has
         dropout (the masks are then shared with the look-ahead);
@@ -155,8 +135,7 @@ class MetaWeightingConfig:
             raise ValueError(f"method.normalization must be one of {NORMALIZATIONS}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"method.input_norm must be one of {INPUT_NORMS}")
-        if self.estimator not in (AUTO, *estimator_names()):
-            raise ValueError(f"method.estimator must be one of {(AUTO, *estimator_names())}")
+        check_estimator(self.estimator)
 
     def validate(self, schedule: Schedule) -> None:
         if schedule.warmup_epochs >= schedule.epochs:
@@ -178,7 +157,7 @@ class MWNetConfig(MetaWeightingConfig):
         super().__post_init__()
 
 
-class MetaWeighting(Method):
+class MetaWeighting(BilevelMethod):
     """Meta-learn a weighter while training the model.
 
     kind: ``mwnet`` or ``cmwnet`` (the weighter built from ``config`` at :meth:`bind`);
@@ -187,18 +166,17 @@ class MetaWeighting(Method):
     (given here or by the pipeline at :meth:`bind`).
     """
 
+    base_loss = "ce"
+
     def __init__(
         self, config: MetaWeightingConfig, *, kind: str = "cmwnet", weighter: CMWNet | None = None,
         meta_x: torch.Tensor | None = None, meta_y: torch.Tensor | None = None,
         family_seed: int = 0,
     ) -> None:
-        self.config, self.kind, self.weighter = config, kind, weighter
-        self.meta_x, self.meta_y, self.family_seed = meta_x, meta_y, family_seed
-        self.estimator: MetaGradientEstimator | None = None
+        super().__init__(config.meta, config.estimator, config.reuse_forward, meta_x, meta_y)
+        self.config, self.kind, self.weighter, self.family_seed = config, kind, weighter, family_seed
         self.weighting: SampleWeighting | None = None
-        self.ema: ModelEMA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self._meta_losses: list[float] = []
 
     @property
     def meta(self) -> MetaConfig:
@@ -208,14 +186,9 @@ class MetaWeighting(Method):
     def identity(self) -> str:
         return f"meta:{self.weighter.config.kind if self.weighter is not None else self.kind}"
 
-    @property
-    def clean_meta_per_class(self) -> int:
-        return self.meta.per_class if self.meta.source == "clean" else 0
-
     def bind(self, run: RunContext) -> None:
         """Build the weighter (seeded) for data with ``run.num_classes`` classes."""
-        if run.meta_x is not None:
-            self.meta_x, self.meta_y = run.meta_x, run.meta_y
+        super().bind(run)
         self.family_seed = run.seed
         if self.weighter is None:
             cfg = self.config
@@ -223,19 +196,16 @@ class MetaWeighting(Method):
             self.weighter = build_weighter(WeighterConfig(
                 kind=self.kind, hidden=cfg.hidden, num_families=cfg.num_families,  # type: ignore[arg-type]
                 input_norm=cfg.input_norm, normalization=cfg.normalization,  # type: ignore[arg-type]
-                base_loss="ce", source_num_classes=run.num_classes,
+                base_loss=self.base_loss, source_num_classes=run.num_classes,
             ))
 
     def setup(self, trainer: Trainer) -> None:
-        if trainer.world > 1:
-            raise ValueError("meta-training runs in a single process; apply weighters with torchrun")
         if self.weighter is None:
             self.bind(RunContext(trainer.data.num_classes, seed=trainer.seed))
         assert self.weighter is not None
-        if self.meta.source == "clean" and (self.meta_y is None or len(self.meta_y) == 0):
-            raise ValueError("a clean meta set (meta_x, meta_y) is required for meta.source = 'clean'")
-        name = self.config.estimator
-        self.estimator = build_estimator(fastest_exact_estimator(trainer.module) if name == AUTO else name)
+        self.reuse_forward = self.config.reuse_forward
+        self.estimator_name = self.config.estimator
+        super().setup(trainer)
         self.weighter.to(trainer.device).train().requires_grad_(True)
         self.optimizer = torch.optim.Adam(
             self.weighter.parameters(), lr=self.meta.meta_lr, weight_decay=self.meta.meta_weight_decay,
@@ -243,82 +213,44 @@ class MetaWeighting(Method):
         self.weighting = SampleWeighting.fit(
             self.weighter, trainer.global_class_counts(), seed=self.family_seed
         ).to(trainer.device)
-        if self.meta.source == "train":
-            self.ema = ModelEMA(trainer.module, self.meta.ema_decay)
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if self.ema is not None:
-            index = lowest_loss_indices(self.ema.module, trainer.data.x, trainer.data.y, self.meta.per_class)
-            self.meta_x, self.meta_y = trainer.data.x[index], trainer.data.y[index]
-        self._meta_losses = []
+    def meta_iteration(self, batch: Batch) -> bool:
+        return not batch.warmup and batch.iteration % self.meta.meta_interval == 0
 
-    def _meta_batch(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.meta_x is not None and self.meta_y is not None
-        size = min(self.meta.meta_batch_size, len(self.meta_y))
-        pick = torch.randperm(len(self.meta_y))[:size]
-        x, y = self.meta_x[pick].to(trainer.device), self.meta_y[pick].to(trainer.device)
-        if self.meta.mixup_alpha > 0:
-            return mixup(x, F.one_hot(y, trainer.data.num_classes).float(), self.meta.mixup_alpha)
-        return x, y
-
-    def _meta_update(self, trainer: Trainer, batch: Batch) -> KeptForward | None:
+    def update_weighter(self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
+                        **options: Any) -> KeptForward | None:
+        """One meta step of the weighter on the objective; returns the kept forward."""
         assert self.weighting is not None and self.optimizer is not None
-        meta_x, meta_y = self._meta_batch(trainer)
-        keep = self.config.reuse_forward and trainer.amp_dtype is None and trainer.world == 1
-        result = weighting_meta_step(
-            trainer.module, self.weighting, self.optimizer, batch.x, batch.y, meta_x, meta_y,
-            lr=batch.lr, optimizer=trainer.optimizer, estimator=self.estimator, keep_forward=keep,
-            lookahead_config=LookaheadConfig(self.meta.include_momentum, self.meta.include_weight_decay),
-        )
-        self._meta_losses.append(result.meta_loss)
+        params = [p for p in self.weighting.weighter.parameters() if p.requires_grad]
+        result = self.meta_gradient(trainer, x, lr, objective, params, **options)
+        apply_meta_gradient(result, params, self.optimizer)
         return result.forward
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         assert self.weighting is not None, "setup() was not called"
         kept = None
-        if not batch.warmup and batch.iteration % self.meta.meta_interval == 0:
-            kept = self._meta_update(trainer, batch)
-        if kept is not None:
-            kept.restore_buffers(trainer.module)
-            logits = kept.logits
-        else:
-            logits = trainer.model(batch.x)
-        losses = per_sample_loss("ce", logits.float(), batch.y)
+        if self.meta_iteration(batch):
+            kept = self.update_weighter(trainer, batch.x, batch.lr,
+                                        weighting_objective(self.weighting, batch.y))
+        losses = per_sample_loss("ce", self.logits(trainer, batch.x, kept).float(), batch.y)
         if batch.warmup:
             return StepOutput({"ce": LossTerm(losses)})
         weights = self.weighting.weights(losses, batch.y, checked=True)
         return StepOutput({"ce": LossTerm(losses, weights, self.weighting.normalization)}, weights)
 
-    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
-        if self.ema is not None:
-            self.ema.update(trainer.module)
-
-    def epoch_metrics(self) -> dict[str, float]:
-        if not self._meta_losses:
-            return {}
-        return {"meta_loss": float(np.mean(self._meta_losses))}
-
     def trained_weighting(self) -> SampleWeighting | None:
         return self.weighting
 
-    def provenance(self) -> dict[str, Any]:
-        return {"estimator": self.estimator.name if self.estimator is not None else None}
-
     def state_dict(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.weighter is not None
-        state: dict[str, Any] = {
-            "weighter": self.weighter.state_dict(), "optimizer": self.optimizer.state_dict(),
-        }
-        if self.ema is not None:
-            state["ema"] = self.ema.module.state_dict()
-        return state
+        return {**super().state_dict(), "weighter": self.weighter.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.optimizer is not None and self.weighter is not None
+        super().load_state_dict(state)
         self.weighter.load_state_dict(state["weighter"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and "ema" in state:
-            self.ema.module.load_state_dict(state["ema"])
 
 
 register_method("mwnet", MWNetConfig, publishes=True,

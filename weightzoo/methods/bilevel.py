@@ -1,0 +1,115 @@
+"""``BilevelMethod``: what every method that takes meta steps shares -- the meta set, the
+meta-gradient estimator, the virtual step's options, the kept look-ahead forward, and the
+epoch's mean meta loss. Subclasses build an objective and the tensors to meta-learn and call
+:meth:`BilevelMethod.meta_gradient`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from weightzoo.bilevel.estimators import (
+    AUTO,
+    BilevelProblem,
+    KeptForward,
+    MetaGradient,
+    MetaGradientEstimator,
+    build_estimator,
+    estimator_names,
+    fastest_exact_estimator,
+)
+from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
+from weightzoo.bilevel.metaset import MetaSet, VirtualStepConfig
+from weightzoo.losses import per_sample_loss
+from weightzoo.methods.base import Method, RunContext
+
+if TYPE_CHECKING:
+    from weightzoo.training.engine import Trainer
+
+
+def check_estimator(name: str) -> None:
+    """For config validation: ``auto`` or a registered estimator."""
+    if name not in (AUTO, *estimator_names()):
+        raise ValueError(f"method.estimator must be one of {(AUTO, *estimator_names())}")
+
+
+def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The meta loss: mean CE over the meta batch, hard (M,) or soft (M, C) targets."""
+    return per_sample_loss("ce", logits, targets).mean()
+
+
+class BilevelMethod(Method):
+    """meta: the meta set and virtual-step options; estimator: a registered name or ``auto``;
+    reuse_forward: let the real step reuse the look-ahead's forward (single process, no
+    autocast); meta_x / meta_y: a clean meta set (else the pipeline's, at :meth:`bind`)."""
+
+    def __init__(self, meta: VirtualStepConfig, estimator: str, reuse_forward: bool,
+                 meta_x: torch.Tensor | None = None, meta_y: torch.Tensor | None = None) -> None:
+        check_estimator(estimator)
+        self.meta_set = MetaSet(meta, meta_x, meta_y)
+        self.estimator_name, self.reuse_forward = estimator, reuse_forward
+        self.estimator: MetaGradientEstimator | None = None
+        self._meta_losses: list[float] = []
+
+    @property
+    def clean_meta_per_class(self) -> int:
+        return self.meta_set.clean_per_class
+
+    def bind(self, run: RunContext) -> None:
+        self.meta_set.bind(run.meta_x, run.meta_y)
+
+    def setup(self, trainer: Trainer) -> None:
+        if trainer.world > 1:
+            raise ValueError(f"{self.name} meta-trains in a single process; apply weighters with torchrun")
+        name = self.estimator_name
+        self.estimator = build_estimator(fastest_exact_estimator(trainer.module) if name == AUTO else name)
+        self.meta_set.setup(trainer)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.meta_set.rebuild(trainer)
+        self._meta_losses = []
+
+    def meta_gradient(
+        self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
+        hyper_params: list[torch.Tensor], *, dominant_mixup: bool = False,
+    ) -> MetaGradient:
+        """dL^meta/d hyper_params for the training objective on inputs x (B, ...), on a fresh
+        meta batch; keeps the look-ahead's forward when the real step may reuse it."""
+        assert self.estimator is not None, "setup() was not called"
+        meta_x, meta_y = self.meta_set.batch(trainer, dominant=dominant_mixup)
+        config = self.meta_set.config
+        result = self.estimator(BilevelProblem(
+            model=trainer.module, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
+            meta_loss_fn=mean_cross_entropy, hyper_params=hyper_params, lr=lr,
+            optimizer=trainer.optimizer,
+            lookahead_config=LookaheadConfig(config.include_momentum, config.include_weight_decay),
+            keep_forward=self.reuse_forward and trainer.amp_dtype is None and trainer.world == 1,
+        ))
+        self._meta_losses.append(result.meta_loss)
+        return result
+
+    @staticmethod
+    def logits(trainer: Trainer, x: torch.Tensor, kept: KeptForward | None) -> torch.Tensor:
+        """The real step's logits: the kept look-ahead forward (its buffers restored), or a
+        fresh forward."""
+        if kept is None:
+            return trainer.model(x)
+        kept.restore_buffers(trainer.module)
+        return kept.logits
+
+    def after_step(self, trainer: Trainer, batch: Any, output: Any) -> None:
+        self.meta_set.after_step(trainer)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"meta_loss": float(np.mean(self._meta_losses))} if self._meta_losses else {}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"estimator": self.estimator.name if self.estimator is not None else None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.meta_set.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.meta_set.load_state_dict(state)
