@@ -40,6 +40,9 @@ def default_warmup(epochs: int) -> int:
               help="Plain-CE epochs before weighting starts (default: 2, fewer when --epochs < 3).")
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
+@click.option("--loss", type=click.Choice(["auto", "ce", "sl"]), default="auto", show_default=True,
+              help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, or the "
+                   "soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--resume", is_flag=True, help="Continue the runs in OUT from their checkpoints.")
 @click.option("--weights-report", is_flag=True,
@@ -50,7 +53,7 @@ def default_warmup(epochs: int) -> int:
 @options.run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
           epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
-          augment: bool, revision: str | None, out: Path, resume: bool, overwrite: bool,
+          augment: bool, revision: str | None, loss: str, out: Path, resume: bool, overwrite: bool,
           weights_report: bool, baselines: tuple[str, ...], device: str, seed: int | None,
           as_json: bool, no_progress: bool, threads: int | None) -> None:
     """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
@@ -70,7 +73,7 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
         weighter, out, dataset=dataset, bias=bias, model={"name": model_name}, schedule=schedule,
         seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,
         overwrite=overwrite, progress=not no_progress, weights_report=weights_report, revision=revision,
-        command=options.command_line(),
+        command=options.command_line(), loss=loss,
     )
     if rank_and_world()[0] != 0:
         return

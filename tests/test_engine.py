@@ -11,11 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.data.sources import load_dataset
-from weightzoo.methods.base import Batch, Method, StepOutput
+from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
 from weightzoo.methods.frozen import FrozenWeighting
+from weightzoo.methods.l2rw import L2RW, L2RWConfig
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
+from weightzoo.methods.soft_labels import SoftLabelConfig, SoftLabelMetaWeighting
 from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet, accuracy_report
 from weightzoo.training.views import crop_flip
@@ -75,8 +78,25 @@ def meta_strategy(source: str, meta: tuple[torch.Tensor, torch.Tensor] | None,
                          meta_y=meta[1])
 
 
+def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> L2RW:
+    strategy = L2RW(L2RWConfig(meta=VirtualStepConfig(meta_batch_size=40)))
+    strategy.bind(RunContext(10, meta[0], meta[1]))
+    return strategy
+
+
+def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> SoftLabelMetaWeighting:
+    torch.manual_seed(1)
+    config = SoftLabelConfig(hidden=16, teacher_decay=0.9,
+                             meta=MetaConfig(meta_lr=1e-2, meta_batch_size=40, mixup_alpha=1.0))
+    strategy = SoftLabelMetaWeighting(config, meta_x=meta[0], meta_y=meta[1])
+    strategy.bind(RunContext(10, meta[0], meta[1]))
+    return strategy
+
+
 STRATEGIES = {
     "plain": lambda meta: PlainLoss("ce"),
+    "l2rw": l2rw_strategy,
+    "cmwnet-sl": sl_strategy,
     "meta-clean": lambda meta: meta_strategy("clean", meta),
     "meta-clean-cmwnet": lambda meta: meta_strategy("clean", meta, kind="cmwnet"),
     "meta-train-ema-mixup": lambda meta: meta_strategy("train", None),
@@ -121,6 +141,11 @@ def test_resume_is_bit_identical(name: str, digits: TrainingSet, meta_set, tmp_p
     assert_same_tensors(straight.optimizer.state_dict()["state"][0],
                         second.optimizer.state_dict()["state"][0])
     assert second.iteration == straight.iteration == 3 * 6
+    if isinstance(straight_strategy, SoftLabelMetaWeighting):
+        assert_same_tensors(straight_strategy.teacher.module.state_dict(),
+                            resumed_strategy.teacher.module.state_dict())
+    if isinstance(straight_strategy, L2RW):
+        assert torch.equal(straight.sample_weights, second.sample_weights)
     if isinstance(straight_strategy, MetaWeighting):
         assert_same_tensors(straight_strategy.weighter.state_dict(),
                             resumed_strategy.weighter.state_dict())

@@ -9,8 +9,9 @@ from torch import nn
 
 from weightzoo.bilevel.estimators import BilevelProblem, build_estimator, fastest_exact_estimator
 from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
-from weightzoo.bilevel.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices, mixup
+from weightzoo.bilevel.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices
 from weightzoo.methods.meta_weighting import weighting_meta_gradient, weighting_meta_step
+from weightzoo.training.views import mixup
 from weightzoo.weighting.families import TaskFamilies
 from weightzoo.weighting.nets import CMWNet, MWNet
 from weightzoo.weighting.reduction import LossTerm, reduce_weighted

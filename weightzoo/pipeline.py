@@ -229,11 +229,13 @@ def apply_weighter(
     baselines: tuple[str, ...] = (), root: str | None = None, device: str | None = None,
     resume: bool = False, overwrite: bool = False, progress: bool = True,
     weights_report: bool = False, revision: str | None = None, command: str | None = None,
+    loss: str = "auto",
 ) -> dict[str, Any]:
     """Train on a new biased dataset with the frozen weighter and with each baseline (same
     data, model, schedule and seed); returns the comparison and writes it to
     ``comparison.json``.  Every input is validated before anything is written; an
-    ``out_dir`` holding a previous comparison needs ``resume`` or ``overwrite``."""
+    ``out_dir`` holding a previous comparison needs ``resume`` or ``overwrite``. ``loss``:
+    the weighted loss (``auto``: the one the weighter was trained with, ``ce`` or ``sl``)."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
     if schedule.epochs < 1 or schedule.batch_size < 1:
@@ -244,6 +246,8 @@ def apply_weighter(
             "or the weighter is never applied"
         )
     weighter = CMWNet.from_pretrained(weighter_name, revision=revision)
+    frozen_config = FrozenConfig(family_seed=seed, loss=loss)
+    FrozenWeighting(frozen_config, weighter=weighter)  # refuses a loss the weighter cannot take
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)
     build_checked_model(model, data.splits, seed)
@@ -253,7 +257,7 @@ def apply_weighter(
     runs: dict[str, dict[str, Any]] = {}
     sample_weights = None
     for method in ("weighter", *baselines):
-        strategy: Method = (FrozenWeighting(FrozenConfig(family_seed=seed), weighter=weighter)
+        strategy: Method = (FrozenWeighting(frozen_config, weighter=weighter)
                             if method == "weighter" else build_method(method))
         trainer = Trainer(
             build_checked_model(model, data.splits, seed), data.train, schedule, device=device,

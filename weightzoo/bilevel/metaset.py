@@ -12,10 +12,11 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from weightzoo.training.views import mixup
 
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
@@ -211,39 +212,3 @@ class ModelEMA:
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and buffers by name, each shared tensor once (tied weights average once)."""
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
-
-
-def mixup(
-    x: torch.Tensor, y_soft: torch.Tensor, alpha: float = 1.0,
-    generator: torch.Generator | None = None, dominant: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix a batch with a permutation of itself: x (B, ...), y_soft (B, C) -> same shapes.
-
-    lambda ~ Beta(alpha, alpha); ``dominant`` uses max(lambda, 1 - lambda), so the
-    un-permuted sample dominates (CMW-Net-SL). Randomness comes from ``generator``
-    (a CPU generator) or else the global torch RNG.
-    """
-    if y_soft.dim() != 2 or y_soft.shape[0] != x.shape[0] or not y_soft.is_floating_point():
-        raise ValueError(
-            f"y_soft must be float (batch, classes) for {x.shape[0]} inputs, "
-            f"got {y_soft.dtype} {tuple(y_soft.shape)}"
-        )
-    lam, perm = mixup_pairing(x.shape[0], alpha, generator, dominant)
-    perm = perm.to(x.device)
-    x_mixed = lam * x + (1.0 - lam) * x[perm]
-    y_mixed = lam * y_soft + (1.0 - lam) * y_soft[perm.to(y_soft.device)]
-    return x_mixed, y_mixed
-
-
-def mixup_pairing(
-    batch_size: int, alpha: float, generator: torch.Generator | None = None, dominant: bool = False,
-) -> tuple[float, torch.Tensor]:
-    """(lambda, permutation (B,)) of one mixup: lambda ~ Beta(alpha, alpha), max(lambda,
-    1 - lambda) with ``dominant``; from ``generator`` (CPU) or the global torch RNG."""
-    if alpha <= 0:
-        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    if dominant:
-        lam = max(lam, 1.0 - lam)
-    return lam, torch.randperm(batch_size, generator=generator)

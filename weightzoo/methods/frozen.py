@@ -1,17 +1,24 @@
 """``frozen``: a pretrained weighter applied frozen (CMW-Net Algorithm 3), with task families
-re-fitted on the whole training set's class counts."""
+re-fitted on the whole training set's class counts, with weighted CE or -- for a weighter
+meta-trained with it (``base_loss = "sl"``), or on request -- the soft-label loss of
+CMW-Net-SL (the paper's transfer setting)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from weightzoo.bilevel.metaset import ModelEMA
 from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.soft_labels import SoftLabelBatch
+
+FROZEN_LOSSES = ("ce", "sl")
 
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
@@ -20,11 +27,21 @@ if TYPE_CHECKING:
 @dataclass
 class FrozenConfig:
     """weighter: zoo name, directory or Hub repo id ``org/name[@rev]``; revision: Hub
-    revision; family_seed: k-means seed of the re-fitted families."""
+    revision; family_seed: k-means seed of the re-fitted families; loss: ``ce`` (weighted
+    CE), ``sl`` (the soft-label loss of CMW-Net-SL, with an EMA teacher of decay
+    ``teacher_decay`` and training-batch mixup ``mixup_alpha``) or ``auto`` (the loss the
+    weighter was meta-trained with, its ``base_loss``)."""
 
     weighter: str = ""
     revision: str | None = None
     family_seed: int = 0
+    loss: str = "auto"
+    mixup_alpha: float = 1.0
+    teacher_decay: float = 0.997
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("auto", *FROZEN_LOSSES):
+            raise ValueError(f"method.loss must be one of {('auto', *FROZEN_LOSSES)}")
 
 
 @register_method("frozen", FrozenConfig, description="a pretrained weighter, frozen")
@@ -41,23 +58,45 @@ class FrozenWeighting(Method):
                 raise ValueError("method 'frozen' needs weighter = NAME (a zoo name, directory or repo)")
             weighter = CMWNet.from_pretrained(self.config.weighter, revision=self.config.revision)
         self.weighter = weighter
+        self.loss = weighter.config.base_loss if self.config.loss == "auto" else self.config.loss
+        if self.loss not in FROZEN_LOSSES:
+            raise ValueError(f"weighter trained with base_loss {self.loss!r}: pass loss = 'ce' or 'sl'")
         self.weighting: SampleWeighting | None = None
+        self.teacher: ModelEMA | None = None
 
     @property
     def identity(self) -> str:
-        return f"weighter:{self.weighter.config.kind}"
+        return f"weighter:{self.weighter.config.kind}" + (":sl" if self.loss == "sl" else "")
 
     def setup(self, trainer: Trainer) -> None:
         self.weighting = SampleWeighting.fit(
             self.weighter.eval().requires_grad_(False), trainer.global_class_counts(),
             seed=self.config.family_seed,
         ).to(trainer.device)
+        if self.loss == "sl":
+            self.teacher = ModelEMA(trainer.module, self.config.teacher_decay)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         assert self.weighting is not None, "setup() was not called"
+        # labels were range-checked when the data was prepared
+        weights_of = partial(self.weighting.weights, checked=True)
+        if self.teacher is not None and not batch.warmup:
+            sl = SoftLabelBatch.draw(self.teacher.module, batch.x, self.config.mixup_alpha)
+            terms = sl.terms(trainer.model(sl.x).float(), batch.y, weights_of)
+            return StepOutput(terms, terms["label"].weights)
         losses = per_sample_loss("ce", trainer.model(batch.x).float(), batch.y)
         if batch.warmup:
             return StepOutput({"ce": LossTerm(losses)})
-        # labels were range-checked when the data was prepared
-        weights = self.weighting.weights(losses, batch.y, checked=True)
+        weights = weights_of(losses, batch.y)
         return StepOutput({"ce": LossTerm(losses, weights, self.weighting.normalization)}, weights)
+
+    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
+        if self.teacher is not None:
+            self.teacher.update(trainer.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.module.state_dict()} if self.teacher is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.teacher is not None and "teacher" in state:
+            self.teacher.module.load_state_dict(state["teacher"])

@@ -7,6 +7,7 @@ device and leave vectors (B, D) unchanged.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,3 +27,39 @@ def crop_flip(x: torch.Tensor, padding: int = 4, min_size: int = 28) -> torch.Te
     cropped = padded[batch_idx, chan_idx, rows, cols]
     flip = torch.rand(b, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def mixup(
+    x: torch.Tensor, y_soft: torch.Tensor, alpha: float = 1.0,
+    generator: torch.Generator | None = None, dominant: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a permutation of itself: x (B, ...), y_soft (B, C) -> same shapes.
+
+    lambda ~ Beta(alpha, alpha); ``dominant`` uses max(lambda, 1 - lambda), so the
+    un-permuted sample dominates (CMW-Net-SL). Randomness comes from ``generator``
+    (a CPU generator) or else the global torch RNG.
+    """
+    if y_soft.dim() != 2 or y_soft.shape[0] != x.shape[0] or not y_soft.is_floating_point():
+        raise ValueError(
+            f"y_soft must be float (batch, classes) for {x.shape[0]} inputs, "
+            f"got {y_soft.dtype} {tuple(y_soft.shape)}"
+        )
+    lam, perm = mixup_pairing(x.shape[0], alpha, generator, dominant)
+    perm = perm.to(x.device)
+    x_mixed = lam * x + (1.0 - lam) * x[perm]
+    y_mixed = lam * y_soft + (1.0 - lam) * y_soft[perm.to(y_soft.device)]
+    return x_mixed, y_mixed
+
+
+def mixup_pairing(
+    batch_size: int, alpha: float, generator: torch.Generator | None = None, dominant: bool = False,
+) -> tuple[float, torch.Tensor]:
+    """(lambda, permutation (B,)) of one mixup: lambda ~ Beta(alpha, alpha), max(lambda,
+    1 - lambda) with ``dominant``; from ``generator`` (CPU) or the global torch RNG."""
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    if dominant:
+        lam = max(lam, 1.0 - lam)
+    return lam, torch.randperm(batch_size, generator=generator)

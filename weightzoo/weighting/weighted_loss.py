@@ -13,6 +13,7 @@ training uses.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ from torch import nn
 from weightzoo.losses import per_sample_loss
 from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
 from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.reduction import total_loss
 from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.soft_labels import soft_label_terms
 
 NONFINITE_MODES = ("raise", "skip")
 
@@ -134,6 +137,34 @@ class WeightedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
+        logits, hard, bad_rows = self._checked(logits, targets)
+        soft = targets.float() if targets.dim() == 2 else targets
+        losses = per_sample_loss("ce", logits.float(), soft)
+        losses = torch.where(bad_rows, torch.full_like(losses, float("nan")), losses)
+        return self.reduce_losses(losses, hard, logits.shape[1], checked=True)
+
+    def soft_label_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, soft_targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """The soft-label loss of CMW-Net-SL for a weighter trained with it (``base_loss``
+        ``"sl"``): mean_i v_i CE(logits_i, y_i) + (1 - v_i) CE(logits_i, p_i), v from the
+        given label's loss. logits (B, C), targets (B,), soft_targets (B, C), e.g. an EMA
+        teacher's softmax. With mixup, call it for both label sets and mix with lambda (see
+        ``weightzoo.weighting.soft_labels``)."""
+        if soft_targets.shape != logits.shape:
+            raise ValueError(f"soft targets {tuple(soft_targets.shape)} and logits "
+                             f"{tuple(logits.shape)} differ")
+        logits, hard, _ = self._checked(logits, targets)
+        terms = soft_label_terms(logits.float(), hard, soft_targets.float(),
+                                 partial(self.weights, num_classes=logits.shape[1], checked=True))
+        self.last_weights = terms["label"].weights
+        return total_loss(terms)
+
+    def _checked(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits with non-finite rows masked, hard labels (B,), non-finite rows (B,) bool),
+        after the shape, class-range and non-finite checks (one host sync)."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
         expected = self.family_of_class.numel() or self.num_classes
@@ -157,10 +188,7 @@ class WeightedLoss(nn.Module):
                 self._raise_on_nonfinite(bad_rows, "logits")
             # mask before the loss: the skipped rows' logits get exactly zero gradient
             logits = torch.where(bad_rows[:, None], torch.zeros_like(logits), logits)
-        soft = targets.float() if targets.dim() == 2 else targets
-        losses = per_sample_loss("ce", logits.float(), soft)
-        losses = torch.where(bad_rows, torch.full_like(losses, float("nan")), losses)
-        return self.reduce_losses(losses, hard, limit, checked=True)
+        return logits, hard.long(), bad_rows
 
     @staticmethod
     def _raise_on_nonfinite(bad: torch.Tensor, what: str) -> None:

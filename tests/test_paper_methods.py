@@ -1,0 +1,149 @@
+"""The papers' other training methods: L2RW (Ren et al. 2018) and CMW-Net-SL (frozen and
+meta-trained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from weightzoo.artifact.format import load_artifact
+from weightzoo.bilevel.estimators import BilevelProblem, build_estimator
+from weightzoo.cli.main import cli
+from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
+from weightzoo.methods.l2rw import l2rw_weights
+from weightzoo.pipeline import WEIGHTER_DIR, apply_weighter, train_recipe
+from weightzoo.recipe import load_recipe
+from weightzoo.training.engine import Schedule
+from weightzoo.weighting.families import TaskFamilies
+from weightzoo.weighting.nets import CMWNet, MWNet
+from weightzoo.weighting.reduction import LossTerm, total_loss
+from weightzoo.weighting.soft_labels import soft_label_terms
+from weightzoo.weighting.weighted_loss import WeightedLoss
+
+SHORT = ["schedule.epochs=2", "schedule.milestones=[]", "model.hidden=[32]", "schedule.warmup_epochs=0"]
+
+
+# --- L2RW --------------------------------------------------------------------------------
+
+
+def test_l2rw_weights_are_clipped_and_normalised() -> None:
+    w = l2rw_weights(torch.tensor([-2.0, 0.5, -1.0, -1.0]))
+    assert torch.allclose(w, torch.tensor([0.5, 0.0, 0.25, 0.25])) and float(w.sum()) == pytest.approx(1.0)
+    none_helps = l2rw_weights(torch.tensor([0.1, 0.0, 3.0]))
+    assert torch.equal(none_helps, torch.zeros(3))  # the zero-sum guard: no step on this batch
+
+
+@pytest.mark.parametrize("estimator", ["exact", "jvp"])
+def test_l2rw_meta_gradient_is_minus_lr_times_gradient_similarity(estimator: str) -> None:
+    """At eps = 0 the virtual step is theta itself, so dL^meta/deps_i = -lr/B grad l_i . grad L^meta."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    mx, my = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    eps = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    problem = BilevelProblem(
+        model=model, x=x, meta_x=mx, meta_y=my, meta_loss_fn=F.cross_entropy, hyper_params=[eps], lr=0.3,
+        objective=lambda z: {"ce": LossTerm(F.cross_entropy(z, y, reduction="none"), eps, "mean")},
+    )
+    grad = build_estimator(estimator)(problem).grads[0]
+    meta_grad = torch.autograd.grad(F.cross_entropy(model(mx), my), list(model.parameters()))
+    expected = []
+    for i in range(6):
+        per_sample = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]),
+                                         list(model.parameters()))
+        expected.append(-0.3 / 6 * sum((a * b).sum() for a, b in zip(per_sample, meta_grad, strict=True)))
+    torch.testing.assert_close(grad, torch.stack(expected), rtol=1e-10, atol=1e-12)
+
+
+def test_l2rw_trains_for_real_and_publishes_nothing(tmp_path: Path) -> None:
+    recipe = load_recipe("digits-sym40-mwnet", [*SHORT, "method.name=l2rw", "meta.meta_batch_size=50"])
+    metrics = train_recipe(recipe, tmp_path / "l2rw", device="cpu", progress=False)
+    assert metrics["test_acc"] > 0.3
+    history = json.loads((tmp_path / "l2rw" / "metrics.json").read_text())["history"]
+    assert all(0.0 < row["helpful_fraction"] <= 1.0 and row["meta_loss"] > 0 for row in history)
+    assert not (tmp_path / "l2rw" / WEIGHTER_DIR).exists()
+
+
+# --- CMW-Net-SL --------------------------------------------------------------------------
+
+
+def test_soft_label_terms_are_the_papers_loss() -> None:
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    soft = torch.softmax(torch.randn(6, 4), 1)
+    v = torch.rand(6)
+
+    def weights_of(losses: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        assert torch.equal(classes, y)
+        return v
+
+    ce_y = F.cross_entropy(logits, y, reduction="none")
+    ce_p = -(soft * F.log_softmax(logits, 1)).sum(1)
+    plain = total_loss(soft_label_terms(logits, y, soft, weights_of))
+    torch.testing.assert_close(plain, (v * ce_y + (1 - v) * ce_p).mean())
+    perm, lam = torch.tensor([3, 0, 5, 1, 2, 4]), 0.7
+    mixed = total_loss(soft_label_terms(logits, y, soft, weights_of, lam, perm))
+    ce_y2 = F.cross_entropy(logits, y[perm], reduction="none")
+    ce_p2 = -(soft[perm] * F.log_softmax(logits, 1)).sum(1)
+    partner = v[perm] * ce_y2 + (1 - v[perm]) * ce_p2
+    expected = (lam * (v * ce_y + (1 - v) * ce_p) + (1 - lam) * partner).mean()
+    torch.testing.assert_close(mixed, expected)
+
+
+@pytest.fixture(scope="module")
+def sl_weighter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sl") / "run"
+    recipe = load_recipe("digits-sym40-cmwnet-sl", [*SHORT, "schedule.warmup_epochs=1", "schedule.epochs=3"])
+    metrics = train_recipe(recipe, out, device="cpu", progress=False)
+    assert metrics["test_acc"] > 0.5
+    return out / WEIGHTER_DIR
+
+
+def test_sl_artifact_records_its_loss(sl_weighter: Path) -> None:
+    weighter = load_artifact(sl_weighter)
+    assert weighter.config.base_loss == "sl" and weighter.config.normalization == "mean"
+    method = weighter.config.metadata["method"]
+    assert method["name"] == "cmwnet-sl" and method["teacher_decay"] == pytest.approx(0.997)
+    assert FrozenWeighting(weighter=weighter).loss == "sl"  # frozen use defaults to its loss
+    assert FrozenWeighting(FrozenConfig(loss="ce"), weighter=weighter).loss == "ce"
+    with pytest.raises(ValueError, match="method.loss must be one of"):
+        FrozenConfig(loss="gce")
+
+
+def test_frozen_sl_weighter_applies_with_the_sl_loss(sl_weighter: Path, tmp_path: Path) -> None:
+    result = apply_weighter(str(sl_weighter), tmp_path / "apply", dataset="digits", bias="symmetric:0.4",
+                            model={"name": "mlp", "hidden": [32]}, seed=1, baselines=("ce",),
+                            schedule=Schedule(epochs=2, warmup_epochs=1), progress=False)
+    assert result["runs"]["weighter"]["test_acc"] > 0.3
+    ckpt = torch.load(tmp_path / "apply" / "weighter" / "checkpoint.pt", weights_only=True)
+    assert ckpt["run"]["method"] == "weighter:cmwnet:sl" and "teacher" in ckpt["method"]
+    cli_run = CliRunner().invoke(cli, ["apply", str(sl_weighter), "--data", "digits", "--epochs", "2",
+                                       "--loss", "ce", "--out", str(tmp_path / "ce"), "--no-progress"])
+    assert cli_run.exit_code == 0, cli_run.output
+
+
+def test_weighted_loss_soft_label_loss() -> None:
+    torch.manual_seed(0)
+    weighter = CMWNet(num_families=3, normalization="mean", base_loss="sl")
+    counts = [5, 5, 20, 20, 80, 80]
+    crit = WeightedLoss.for_data(weighter, class_counts=counts)
+    logits = torch.randn(8, 6, requires_grad=True)
+    y, soft = torch.randint(0, 6, (8,)), torch.softmax(torch.randn(8, 6), 1)
+    loss = crit.soft_label_loss(logits, y, soft)
+    families = TaskFamilies.fit(counts, 3).family_of_class[y]
+    ce_y = F.cross_entropy(logits, y, reduction="none")
+    v = weighter(ce_y, families, 6)
+    expected = (v * ce_y + (1 - v) * -(soft * F.log_softmax(logits, 1)).sum(1)).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and crit.last_weights is not None
+    with pytest.raises(ValueError, match="soft targets"):
+        crit.soft_label_loss(logits, y, soft[:, :3])
+    mw = WeightedLoss.for_data(MWNet(), class_counts=counts)
+    assert torch.isfinite(mw.soft_label_loss(logits, y, soft))
