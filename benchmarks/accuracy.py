@@ -23,6 +23,9 @@ from weightzoo.artifact.format import load_artifact
 
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
 METHODS = ["ce", "focal", "gce", "sce", "class-balanced", "mwnet", "cmwnet"]
+# Settings a method needs beyond its defaults when a recipe is switched to it.
+METHOD_OVERRIDES = {"cmwnet-sl": ["meta.mixup_alpha=1.0"]}
+WEIGHTER_METHODS = ("mwnet", "cmwnet", "cmwnet-sl")
 
 
 def curve_shape(weighter_dir: Path) -> dict[str, object]:
@@ -51,8 +54,9 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 out = args.runs / recipe / f"seed{seed}" / method
+                extra = [arg for item in METHOD_OVERRIDES.get(method, []) for arg in ("--set", item)]
                 jobs.append((["train", recipe, "--out", str(out), "--seed", str(seed),
-                              "--set", f"method.name={method}"], out / "metrics.json"))
+                              "--set", f"method.name={method}", *extra], out / "metrics.json"))
     run_jobs(jobs, args.parallel, args.runs / "jobs.log")
     summary: dict[str, dict] = {}
     for recipe in args.recipes:
@@ -62,7 +66,7 @@ def main() -> None:
             finals = [read_json(r / "metrics.json")["final"] for r in runs]
             row = {key: mean_std([f[key] for f in finals])
                    for key in ("test_acc", "best_test_acc", "head_acc", "medium_acc", "tail_acc")}
-            if method in ("mwnet", "cmwnet"):
+            if method in WEIGHTER_METHODS:
                 row["curves"] = [curve_shape(r / "weighter") for r in runs]
             summary[recipe][method] = row
     result = {"machine": machine(), "seeds": args.seeds, "recipes": args.recipes,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -189,15 +190,25 @@ def _override_key(item: str) -> str:
 
 
 def _switch_method(table: dict[str, Any], overrides: list[str]) -> None:
-    """``--set method.name=OTHER`` switches the method: the file's ``[method]`` keys and its
-    top-level ``[meta]`` belong to the file's method and are dropped (set the new method's
-    keys with more ``--set method.KEY=...``)."""
+    """``--set method.name=OTHER`` switches the method: the file's ``[method]`` keys belong to
+    the file's method and are dropped (set the new method's with more ``--set method.KEY=``);
+    its ``[meta]`` table is kept for a new method that takes one, less the keys it does not
+    take (e.g. ``meta_lr`` for ``l2rw``), and dropped otherwise."""
     names = [item.partition("=")[2].strip().strip('"') for item in overrides
              if item.partition("=")[0].strip() == "method.name"]
     method = table.get("method", {})
-    if names and isinstance(method, dict) and method.get("name", DEFAULT_METHOD) != names[-1]:
-        table["method"] = {}
-        table.pop("meta", None)
+    if not names or not isinstance(method, dict) or method.get("name", DEFAULT_METHOD) == names[-1]:
+        return
+    table["method"] = {}
+    try:
+        config_class = method_spec(names[-1]).config_class
+    except ValueError:
+        return  # the unknown name is reported when the recipe is built
+    meta_class = typing.get_type_hints(config_class).get("meta")
+    meta = table.pop("meta", None)
+    if meta_class is not None and isinstance(meta, dict):
+        known = {f.name for f in fields(meta_class)}
+        table["meta"] = {k: v for k, v in meta.items() if k in known}
 
 
 def _apply_override(table: dict[str, Any], item: str) -> None:
