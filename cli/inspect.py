@@ -33,9 +33,9 @@ def show(name: str, revision: str | None, num_classes: int | None, points: int,
         return
     cfg = weighter.config
     click.echo(f"{name}  ({path})")
-    click.echo(f"  kind={cfg.kind} families={cfg.num_families} hidden={cfg.hidden} "
-               f"base_loss={cfg.base_loss} input_norm={cfg.input_norm} "
-               f"normalization={cfg.normalization} source_classes={cfg.source_num_classes}")
+    click.echo("  " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if k != "metadata"))
+    if hasattr(weighter, "hyperparameters"):
+        click.echo("  learned: " + " ".join(f"{k}={v:.4g}" for k, v in weighter.hyperparameters().items()))
     meta = cfg.metadata
     if meta.get("source"):
         src = meta["source"]
@@ -105,4 +105,4 @@ def _row(where: str, name: str, path: Path) -> dict:
         f"{meta.get('source', {}).get('dataset', '?')} / {meta.get('source', {}).get('bias', '?')}"
     )
     return {"where": where, "name": name, "path": str(path), "kind": cfg.kind,
-            "families": cfg.num_families, "description": desc}
+            "families": getattr(cfg, "num_families", None), "description": desc}

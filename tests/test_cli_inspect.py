@@ -39,7 +39,7 @@ def test_show_text(weighters: Path) -> None:
     result = _run("show", str(weighters / "w"), "--points", "4")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "kind=cmwnet families=3" in out and "normalization=sum" in out
+    assert "kind=cmwnet" in out and "num_families=3" in out and "normalization=sum" in out
     assert "source: digits bias=longtail-50" in out
     assert "family centres (source): [8.0, 60.0, 170.0]" in out
     assert "small classes" in out and "large classes" in out

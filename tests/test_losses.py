@@ -101,7 +101,7 @@ def test_errors() -> None:
         per_sample_loss("gce", LOGITS, torch.tensor([0, 3, 1]))
     with pytest.raises(ValueError, match="soft targets"):
         per_sample_loss("sce", LOGITS, torch.ones(3, 2))
-    assert set(LOSS_NAMES) == {"ce", "focal", "gce", "sce", "class-balanced"}
+    assert set(LOSS_NAMES) == {"ce", "focal", "gce", "sce", "class-balanced", "poly-soft", "bi-tempered"}
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)

@@ -39,13 +39,15 @@ from weightzoo.pipeline import apply_weighter, prepare_data, train_recipe, train
 from weightzoo.recipe import Recipe, load_recipe
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.weighting.families import TaskFamilies, class_counts
+from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet, MWNet, WeighterConfig, build_weighter
 from weightzoo.weighting.reduction import LossTerm, reduce_weighted, total_loss
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.weighted_loss import WeightedLoss
 
 __all__ = [
-    "LOSS_NAMES", "Batch", "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
+    "LOSS_NAMES", "Batch", "LearnedRobustLoss",
+    "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
     "PlainLoss", "Provenance", "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",

@@ -12,6 +12,14 @@ distribution itself (Wang et al. 2019).
                       (Wang et al. 2019), ``alpha=0.1, beta=1.0, log_zero=-4``.
 - ``class-balanced``: w_y CE with w_c = (1 - beta) / (1 - beta^n_c) normalised to sum C
                       (Cui et al. 2019), ``beta=0.9999``; needs ``class_counts``.
+- ``poly-soft``:      polynomial soft weighting of CE (Zhao et al. 2015):
+                      ((d-1) lam / d) [1 - (1 - CE / lam)^(d / (d-1))] for CE < lam, else
+                      (d-1) lam / d; ``lam=5, d=3`` (lam > 0, d > 1); bounded by (d-1) lam / d.
+- ``bi-tempered``:    bi-tempered logistic loss (Amid et al. 2019) with the tempered softmax
+                      of temperature ``t2`` >= 1 (heavy tail; normalised by fixed-point
+                      iteration) and the tempered log of ``t1`` in [0, 1) (bounded);
+                      ``t1=0.8, t2=1.2``; CE at t1 = t2 = 1.
+Hyper-parameters may be tensors (meta-learned, see ``weightzoo.methods.robust_loss``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "gce", "sce", "class-balanced")
+LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "gce", "sce", "class-balanced", "poly-soft", "bi-tempered")
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
@@ -115,16 +123,24 @@ def _focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> t
     return -(t * (1.0 - log_p.exp()).pow(gamma) * log_p).sum(dim=1)
 
 
-def _gce(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7) -> torch.Tensor:
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"GCE q must be in (0, 1], got {q}")
+Scalar = float | torch.Tensor
+
+
+def _num(value: Scalar) -> float:
+    """A hyper-parameter's value for range checks (a learned one may carry a graph)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _gce(logits: torch.Tensor, targets: torch.Tensor, q: Scalar = 0.7) -> torch.Tensor:
+    if not 0.0 < _num(q) <= 1.0:
+        raise ValueError(f"GCE q must be in (0, 1], got {_num(q)}")
     t = _as_distribution(logits, targets)
     p_q = torch.exp(q * F.log_softmax(logits, dim=1))
     return (t * (1.0 - p_q) / q).sum(dim=1)
 
 
 def _sce(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.1, beta: float = 1.0,
+    logits: torch.Tensor, targets: torch.Tensor, alpha: Scalar = 0.1, beta: Scalar = 1.0,
     log_zero: float = -4.0,
 ) -> torch.Tensor:
     t = _as_distribution(logits, targets)
@@ -145,10 +161,66 @@ def _class_balanced(
     return -(t * weights * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
+def _poly_soft(
+    logits: torch.Tensor, targets: torch.Tensor, lam: Scalar = 5.0, d: Scalar = 3.0
+) -> torch.Tensor:
+    if _num(lam) <= 0 or _num(d) <= 1:
+        raise ValueError(f"poly-soft needs lam > 0 and d > 1, got lam={_num(lam)}, d={_num(d)}")
+    ce = _ce(logits, targets)
+    cap = (d - 1.0) / d * lam
+    inside = torch.clamp(1.0 - ce / lam, min=0.0)  # CE >= lam: the loss is the constant cap
+    return cap * (1.0 - inside ** (d / (d - 1.0)))
+
+
+def _log_t(u: torch.Tensor, t: Scalar) -> torch.Tensor:
+    """Tempered logarithm (u^(1-t) - 1) / (1 - t); ln u at t = 1."""
+    if _num(t) == 1.0:
+        return torch.log(u)
+    return (u ** (1.0 - t) - 1.0) / (1.0 - t)
+
+
+def _exp_t(u: torch.Tensor, t: Scalar) -> torch.Tensor:
+    """Tempered exponential [1 + (1 - t) u]_+^(1 / (1 - t)); exp u at t = 1."""
+    if _num(t) == 1.0:
+        return torch.exp(u)
+    return torch.clamp(1.0 + (1.0 - t) * u, min=0.0) ** (1.0 / (1.0 - t))
+
+
+def tempered_softmax(logits: torch.Tensor, t: Scalar, iterations: int = 10) -> torch.Tensor:
+    """exp_t(z - lambda(z)) with lambda such that each row sums to 1 (t >= 1; the fixed-point
+    normalisation of Amid et al. 2019, differentiable through the iterations): (B, C) -> (B, C)."""
+    if _num(t) < 1.0:
+        raise ValueError(f"the tempered softmax here needs t >= 1, got {_num(t)}")
+    if _num(t) == 1.0:
+        return F.softmax(logits, dim=1)
+    mu = logits.max(dim=1, keepdim=True).values
+    shifted = logits - mu
+    normalised = shifted
+    for _ in range(iterations):
+        partition = _exp_t(normalised, t).sum(dim=1, keepdim=True)
+        normalised = shifted * partition ** (1.0 - t)
+    partition = _exp_t(normalised, t).sum(dim=1, keepdim=True)
+    return _exp_t(shifted - (-_log_t(1.0 / partition, t)), t)
+
+
+def _bi_tempered(
+    logits: torch.Tensor, targets: torch.Tensor, t1: Scalar = 0.8, t2: Scalar = 1.2
+) -> torch.Tensor:
+    if not (0.0 <= _num(t1) <= 1.0 and _num(t2) >= 1.0):
+        raise ValueError(f"bi-tempered needs t1 in [0, 1] and t2 >= 1, got t1={_num(t1)}, t2={_num(t2)}")
+    t = _as_distribution(logits, targets)
+    p = tempered_softmax(logits, t2)
+    eps = torch.finfo(p.dtype).tiny
+    cross = t * (_log_t(t + eps, t1) - _log_t(p, t1))
+    return (cross - (t ** (2.0 - t1) - p ** (2.0 - t1)) / (2.0 - t1)).sum(1)
+
+
 _LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "ce": _ce,
     "focal": _focal,
     "gce": _gce,
     "sce": _sce,
     "class-balanced": _class_balanced,
+    "poly-soft": _poly_soft,
+    "bi-tempered": _bi_tempered,
 }

@@ -22,19 +22,19 @@ from torch import nn
 from weightzoo import distributed
 from weightzoo.artifact.curve import load_pyplot
 from weightzoo.artifact.format import CURVE_NAME, Provenance, save_artifact
+from weightzoo.artifact.hub import load_pretrained
 from weightzoo.atomic import atomic_write, write_json, write_text
 from weightzoo.bilevel.metaset import balanced_clean_indices
 from weightzoo.data.bias import BiasedData, inject_bias
 from weightzoo.data.sources import DataSplits, load_dataset
-from weightzoo.methods.base import Method, RunContext
-from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
+from weightzoo.methods.base import Method, RunContext, TrainedArtifact
+from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
 from weightzoo.recipe import Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
-from weightzoo.weighting.nets import CMWNet
-from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.learned_loss import LearnedRobustLoss
 
 METRICS_NAME = "metrics.json"
 RUN_NAME = "run.json"
@@ -140,11 +140,11 @@ def environment() -> dict[str, str | int]:
 
 # ----------------------------------------------------------------------------------------
 def _provenance(
-    recipe: Recipe, data: PreparedData, method: Method, weighting: SampleWeighting,
+    recipe: Recipe, data: PreparedData, method: Method, trained: TrainedArtifact,
     metrics: dict[str, Any], command: str | None, baseline: dict[str, Any] | None,
 ) -> Provenance:
     bias = data.bias.report
-    families = weighting.families
+    families = trained.families
     return Provenance(
         name=recipe.name, description=recipe.description,
         source={"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
@@ -206,13 +206,13 @@ def train_recipe(
     )
     history = trainer.fit(method, resume=resume)
     metrics = final_metrics(history)
-    weighting = method.trained_weighting()
-    if weighting is not None:
-        weighter = weighting.weighter
-        weighter.config.metadata = _provenance(
-            recipe, data, method, weighting, metrics, command, baseline
+    trained = method.trained_artifact()
+    if trained is not None:
+        artifact = trained.artifact
+        artifact.config.metadata = _provenance(
+            recipe, data, method, trained, metrics, command, baseline
         ).to_metadata()
-        save_artifact(weighter.cpu(), out / WEIGHTER_DIR)
+        save_artifact(artifact.cpu(), out / WEIGHTER_DIR)
         atomic_write(out / CURVE_NAME, lambda tmp: shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, tmp))
     write_json(out / RUN_NAME, {
         "recipe": recipe.to_dict(), "data": data.report(), "command": command,
@@ -245,9 +245,16 @@ def apply_weighter(
             f"warmup_epochs ({schedule.warmup_epochs}) must be less than epochs ({schedule.epochs}), "
             "or the weighter is never applied"
         )
-    weighter = CMWNet.from_pretrained(weighter_name, revision=revision)
-    frozen_config = FrozenConfig(family_seed=seed, loss=loss)
-    FrozenWeighting(frozen_config, weighter=weighter)  # refuses a loss the weighter cannot take
+    weighter = load_pretrained(weighter_name, revision=revision)
+
+    def frozen() -> Method:
+        """The frozen artifact as a method: a weighter with its loss, or a learned loss."""
+        if isinstance(weighter, LearnedRobustLoss):
+            return FrozenLoss(loss=weighter)
+        return FrozenWeighting(FrozenConfig(family_seed=seed, loss=loss), weighter=weighter)
+
+    frozen()  # refuses a loss the weighter cannot take, before any work
+    is_loss = isinstance(weighter, LearnedRobustLoss)  # a learned loss gives no sample weights
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)
     build_checked_model(model, data.splits, seed)
@@ -257,12 +264,11 @@ def apply_weighter(
     runs: dict[str, dict[str, Any]] = {}
     sample_weights = None
     for method in ("weighter", *baselines):
-        strategy: Method = (FrozenWeighting(frozen_config, weighter=weighter)
-                            if method == "weighter" else build_method(method))
+        strategy = frozen() if method == "weighter" else build_method(method)
         trainer = Trainer(
             build_checked_model(model, data.splits, seed), data.train, schedule, device=device,
             seed=seed, out_dir=out / method, progress=progress,
-            record_weights=weights_report and method == "weighter", desc=f"apply [{method}]",
+            record_weights=weights_report and method == "weighter" and not is_loss, desc=f"apply [{method}]",
         )
         history = trainer.fit(strategy, resume=resume)
         runs[method] = final_metrics(history)

@@ -13,16 +13,18 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from weightzoo.artifact.curve import curve_table
-from weightzoo.artifact.format import Provenance
+from weightzoo.artifact.format import Artifact, Provenance
+from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet
 
 LIBRARY_NAME = "weightzoo"
 
 
-def card_tags(weighter: CMWNet) -> list[str]:
+def card_tags(weighter: Artifact) -> list[str]:
     """Hub search tags: library, kind, and the kind of bias it was trained on."""
     provenance = Provenance.from_metadata(weighter.config.metadata)
-    tags = [LIBRARY_NAME, "sample-reweighting", "meta-learning", weighter.config.kind]
+    purpose = "robust-loss" if isinstance(weighter, LearnedRobustLoss) else "sample-reweighting"
+    tags = [LIBRARY_NAME, purpose, "meta-learning", weighter.config.kind]
     bias = str(provenance.source.get("bias", ""))
     if any(k in bias for k in ("symmetric", "asymmetric", "pairflip", "instance")):
         tags.append("noisy-labels")
@@ -35,18 +37,9 @@ def _json_block(value: Any) -> str:
     return "```json\n" + json.dumps(value, indent=2, sort_keys=True) + "\n```"
 
 
-def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
-    """Markdown with YAML front matter (library_name, tags) for ``README.md``."""
+def _weighter_sections(weighter: CMWNet) -> list[str]:
     cfg = weighter.config
-    meta = Provenance.from_metadata(cfg.metadata)
-    source, method = meta.source, meta.method
-    name = meta.name or f"{cfg.kind} weighter"
-    data = ModelCardData(
-        library_name=LIBRARY_NAME, tags=card_tags(weighter), license="apache-2.0",
-        datasets=[source["dataset"]] if source.get("dataset") else None,
-    )
-    sections = [
-        f"# {name}",
+    return [
         f"A learned sample-weighting function ({cfg.kind.upper()}, {cfg.num_families} task "
         f"famil{'y' if cfg.num_families == 1 else 'ies'}) for robust training on biased data. "
         "It maps a sample's loss (and, for CMW-Net, the size family of its label's class) "
@@ -56,7 +49,9 @@ def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
         "# NAME: a shipped zoo name, a local directory, or a Hub repo id org/name[@revision]\n"
         "crit = WeightedLoss.from_pretrained(\"NAME\", "
         "labels=train_labels, num_classes=C)\n"
-        "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```",
+        + ("loss = crit.soft_label_loss(model(x), y, teacher_probs)  # trained with the SL loss\n```"
+           if cfg.base_loss == "sl" else
+           "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```"),
         "## Weighting function",
         f"- base loss: `{cfg.base_loss}`; loss input normalisation: `{cfg.input_norm}`"
         + (" (loss / ln C of the data it is applied to)" if cfg.input_norm == "log_classes" else "")
@@ -65,8 +60,37 @@ def render_model_card(weighter: CMWNet, has_curve: bool = True) -> str:
         "Weight at raw losses from 0 to 3 ln C (source C):",
         curve_table(weighter, 9).markdown(),
     ]
+
+
+def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:
+    values = ", ".join(f"{name} = {value:.4g}" for name, value in loss.hyperparameters().items())
+    return [
+        f"A robust loss (`{loss.config.loss}`) whose hyper-parameters were meta-learned "
+        f"(adaptive robust loss): {values}.",
+        "## Usage",
+        "```python\nfrom weightzoo import LearnedRobustLoss\n\n"
+        "crit = LearnedRobustLoss.from_pretrained(\"NAME\")\n"
+        "loss = crit(model(x), y).mean()  # per-sample losses, fixed hyper-parameters\n```",
+        "## Loss", f"- source classes: {loss.config.source_num_classes}",
+        "Loss of a sample by its cross entropy (labelled-class probability exp(-CE)):",
+        curve_table(loss, 9).markdown(),
+    ]
+
+
+def render_model_card(weighter: Artifact, has_curve: bool = True) -> str:
+    """Markdown with YAML front matter (library_name, tags) for ``README.md``."""
+    cfg = weighter.config
+    meta = Provenance.from_metadata(cfg.metadata)
+    source, method = meta.source, meta.method
+    name = meta.name or f"{cfg.kind} artifact"
+    data = ModelCardData(
+        library_name=LIBRARY_NAME, tags=card_tags(weighter), license="apache-2.0",
+        datasets=[source["dataset"]] if source.get("dataset") else None,
+    )
+    sections = [f"# {name}", *(_robust_loss_sections(weighter) if isinstance(weighter, LearnedRobustLoss)
+                                else _weighter_sections(weighter))]
     if has_curve:
-        sections.append("![weight vs loss](curve.png)")
+        sections.append("![curve](curve.png)")
     if source:
         sections += ["## Training data", _json_block(source)]
     if meta.families:

@@ -1,5 +1,6 @@
-"""A weighter's weight-vs-loss curve, one line per task family: the one computation behind
-the model card's table, ``weightzoo show`` and the PNG plot."""
+"""An artifact's curve -- a weighter's weight vs loss, one line per task family; a learned
+robust loss's value vs the sample's CE -- the one computation behind the model card's
+table, ``weightzoo show`` and the PNG plot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from types import ModuleType
 
 import torch
 
+from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet
+
+Curved = CMWNet | LearnedRobustLoss
 
 FAMILY_NAMES = {1: ["all classes"], 3: ["small classes", "medium classes", "large classes"]}
 
@@ -21,7 +25,8 @@ def family_names(num_families: int) -> list[str]:
 
 @dataclass(frozen=True)
 class CurveTable:
-    """losses (L,) raw losses from 0 to 3 ln C; weights (L, K); names: K family names."""
+    """losses (L,) raw losses from 0 to 3 ln C; weights (L, K) the curve's values (a
+    weighter's weights, or a robust loss's values); names: K line names."""
 
     losses: torch.Tensor
     weights: torch.Tensor
@@ -48,12 +53,14 @@ class CurveTable:
                             for k, n in enumerate(self.names)}}
 
 
-def curve_table(weighter: CMWNet, points: int = 9, num_classes: int | None = None) -> CurveTable:
-    """Weights of every family at ``points`` raw losses (0 .. 3 ln C, C: ``num_classes`` or
-    the weighter's source classes)."""
-    losses = weighter.loss_grid(points, num_classes)
-    weights = weighter.curve(losses, num_classes).cpu()
-    return CurveTable(losses, weights, family_names(weighter.num_families))
+def curve_table(artifact: Curved, points: int = 9, num_classes: int | None = None) -> CurveTable:
+    """The curve at ``points`` raw losses (0 .. 3 ln C, C: ``num_classes`` or the artifact's
+    source classes): a weighter's weight per family, a robust loss's value."""
+    losses = artifact.loss_grid(points, num_classes)
+    values = artifact.curve(losses, num_classes).cpu()
+    names = ([artifact.config.loss] if isinstance(artifact, LearnedRobustLoss)
+             else family_names(artifact.num_families))
+    return CurveTable(losses, values, names)
 
 
 def load_pyplot() -> ModuleType:
@@ -72,10 +79,10 @@ def load_pyplot() -> ModuleType:
 
 
 def plot_curves(
-    weighter: CMWNet, path: str | Path, num_classes: int | None = None,
+    weighter: Curved, path: str | Path, num_classes: int | None = None,
     width_px: int = 640, height_px: int = 480, points: int = 200,
 ) -> Path:
-    """Write a PNG of weight vs raw loss for every family; returns the path."""
+    """Write a PNG of the curve (weight vs raw loss per family, or the robust loss vs CE)."""
     plt = load_pyplot()
     table = curve_table(weighter, points, num_classes)
     dpi = 100
@@ -83,11 +90,16 @@ def plot_curves(
     try:
         for k, name in enumerate(table.names):
             ax.plot(table.losses.numpy(), table.weights[:, k].numpy(), label=f"{k}: {name}")
-        cfg = weighter.config
-        ax.set_xlabel("per-sample loss (" + cfg.base_loss + ")")
-        ax.set_ylabel("weight")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{cfg.kind} weighting function")
+        if isinstance(weighter, LearnedRobustLoss):
+            ax.set_xlabel("per-sample cross entropy")
+            ax.set_ylabel("loss")
+            ax.set_title(f"learned {weighter.config.loss}: " + ", ".join(
+                f"{k}={v:.3g}" for k, v in weighter.hyperparameters().items()))
+        else:
+            ax.set_xlabel("per-sample loss (" + weighter.config.base_loss + ")")
+            ax.set_ylabel("weight")
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{weighter.config.kind} weighting function")
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
         fig.savefig(path, dpi=dpi)

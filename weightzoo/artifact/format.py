@@ -1,6 +1,7 @@
-"""The artifact format: the one place that defines a weighter directory on disk.
+"""The artifact format: the one place that defines an artifact directory on disk.
 
-A weighter directory holds
+Artifacts are weighters (``kind`` ``mwnet`` / ``cmwnet``) and learned robust losses
+(``robust-loss``); the config's ``kind`` says which class loads it. A directory holds
 - ``model.safetensors``: the tensors; its ``__metadata__`` carries the config as JSON
   under ``weightzoo_config`` (and the schema version under ``weightzoo_schema``);
 - ``config.json``: the same config, human-readable, with ``schema_version``;
@@ -19,6 +20,7 @@ complete artifact.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,17 @@ from safetensors.torch import save_file
 
 from weightzoo.atomic import json_safe, recover, staging_dir, swap_in
 from weightzoo.typed_tables import from_known_keys, short_list
+from weightzoo.weighting.learned_loss import LearnedRobustLoss, RobustLossConfig
 from weightzoo.weighting.nets import CMWNet, WeighterConfig, build_weighter
+
+Artifact = CMWNet | LearnedRobustLoss
+ArtifactConfig = WeighterConfig | RobustLossConfig
+# config "kind" -> (its config class, the builder of an untrained artifact from a config)
+KINDS: dict[str, tuple[type, Callable[[Any], Artifact]]] = {
+    "mwnet": (WeighterConfig, build_weighter),
+    "cmwnet": (WeighterConfig, build_weighter),
+    "robust-loss": (RobustLossConfig, LearnedRobustLoss.from_config),
+}
 
 SCHEMA_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -41,7 +53,7 @@ HUB_FILES = (*ARTIFACT_FILES, CURVE_NAME)
 
 
 class WeighterFileError(ValueError):
-    """A weighter file is missing, corrupt, or does not match its config."""
+    """An artifact file is missing, corrupt, or does not match its config."""
 
 
 @dataclass
@@ -73,12 +85,12 @@ class Provenance:
         return from_known_keys(cls, metadata, "metadata")
 
 
-def config_json(config: WeighterConfig) -> str:
+def config_json(config: ArtifactConfig) -> str:
     """The config as written to config.json and to the safetensors metadata."""
     return json.dumps({**config.to_dict(), "schema_version": SCHEMA_VERSION}, indent=2, sort_keys=True)
 
 
-def save_artifact(weighter: CMWNet, directory: str | Path, *, curve: bool = True) -> Path:
+def save_artifact(weighter: Artifact, directory: str | Path, *, curve: bool = True) -> Path:
     """Write the artifact to ``directory`` atomically; returns the directory."""
     from weightzoo.artifact.card import render_model_card
     from weightzoo.artifact.curve import plot_curves
@@ -99,8 +111,8 @@ def save_artifact(weighter: CMWNet, directory: str | Path, *, curve: bool = True
     return target
 
 
-def read_config(directory: str | Path) -> WeighterConfig:
-    """Parse and validate ``config.json`` of a weighter directory."""
+def read_config(directory: str | Path) -> ArtifactConfig:
+    """Parse and validate ``config.json`` of an artifact directory."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise WeighterFileError(f"{path}: missing (not a weighter directory?)")
@@ -111,7 +123,7 @@ def read_config(directory: str | Path) -> WeighterConfig:
     return _config_from_dict(data, path)
 
 
-def _config_from_dict(data: object, path: Path) -> WeighterConfig:
+def _config_from_dict(data: object, path: Path) -> ArtifactConfig:
     if not isinstance(data, dict):
         raise WeighterFileError(f"{path}: expected a JSON object")
     data = dict(data)
@@ -121,11 +133,15 @@ def _config_from_dict(data: object, path: Path) -> WeighterConfig:
             f"{path}: unknown schema_version {version!r} (this weightzoo reads {SCHEMA_VERSION}); "
             "upgrade weightzoo or re-export the weighter"
         )
-    missing = sorted({f.name for f in fields(WeighterConfig)} - set(data))
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise WeighterFileError(f"{path}: unknown artifact kind {kind!r}; one of {', '.join(KINDS)}")
+    config_class = KINDS[kind][0]
+    missing = sorted({f.name for f in fields(config_class)} - set(data))
     if missing:
         raise WeighterFileError(f"{path}: config key(s) missing: {short_list(missing)}")
     try:
-        config = WeighterConfig.from_dict(data)
+        config = config_class.from_dict(data)
         Provenance.from_metadata(config.metadata)
     except (TypeError, ValueError) as err:
         raise WeighterFileError(f"{path}: invalid config ({err})") from None
@@ -140,8 +156,8 @@ def _read_tensors(weights_path: Path) -> tuple[dict[str, str], dict[str, torch.T
         raise WeighterFileError(f"{weights_path}: not a readable safetensors file ({err})") from None
 
 
-def load_artifact(directory: str | Path, map_location: str | torch.device = "cpu") -> CMWNet:
-    """Load a weighter directory strictly; raises :class:`WeighterFileError` on any mismatch."""
+def load_artifact(directory: str | Path, map_location: str | torch.device = "cpu") -> Artifact:
+    """Load an artifact directory strictly; raises :class:`WeighterFileError` on any mismatch."""
     directory = Path(directory)
     recover(directory)
     config = read_config(directory)
@@ -161,7 +177,7 @@ def load_artifact(directory: str | Path, map_location: str | torch.device = "cpu
             f"{directory / CONFIG_NAME}: does not match the config stored in {WEIGHTS_NAME} "
             "(files from different weighters?)"
         )
-    weighter = build_weighter(config)
+    weighter = KINDS[config.kind][1](config)
     expected = weighter.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -183,8 +199,8 @@ def load_artifact(directory: str | Path, map_location: str | torch.device = "cpu
     return weighter.to(map_location).eval()
 
 
-def validate_artifact(directory: str | Path) -> CMWNet:
-    """Check a directory is a complete weighter artifact (all files present, loads strictly)."""
+def validate_artifact(directory: str | Path) -> Artifact:
+    """Check a directory is a complete artifact (all files present, loads strictly)."""
     directory = Path(directory)
     recover(directory)
     if not directory.is_dir():

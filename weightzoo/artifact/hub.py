@@ -25,8 +25,7 @@ from huggingface_hub.errors import (
 )
 
 from weightzoo.artifact import zoo
-from weightzoo.artifact.format import CONFIG_NAME, HUB_FILES, validate_artifact
-from weightzoo.weighting.nets import CMWNet
+from weightzoo.artifact.format import CONFIG_NAME, HUB_FILES, Artifact, validate_artifact
 
 
 class WeighterNotFoundError(LookupError):
@@ -115,7 +114,7 @@ def _endpoint() -> str:
 
 def load_pretrained(
     name: str | Path, *, revision: str | None = None, local_files_only: bool = False,
-) -> CMWNet:
+) -> Artifact:
     """Resolve ``name`` and load the artifact strictly (frozen, CPU, eval mode)."""
     return validate_artifact(resolve(name, revision=revision, local_files_only=local_files_only))
 

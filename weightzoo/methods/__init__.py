@@ -4,4 +4,11 @@ registry in ``registry``. Importing this package registers the built-in methods:
 weighter) and ``mwnet`` / ``cmwnet`` (``meta_weighting``). A method defined elsewhere
 registers itself the same way (see the README, "Adding a method")."""
 
-from weightzoo.methods import frozen, l2rw, meta_weighting, plain, soft_labels  # noqa: F401 - registers the built-ins
+from weightzoo.methods import (  # noqa: F401 - registers the built-ins
+    frozen,
+    l2rw,
+    meta_weighting,
+    plain,
+    robust_loss,
+    soft_labels,
+)

@@ -21,7 +21,9 @@ from weightzoo.weighting.reduction import LossTerm
 
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
-    from weightzoo.weighting.sample_weighting import SampleWeighting
+    from weightzoo.weighting.families import TaskFamilies
+    from weightzoo.weighting.learned_loss import LearnedRobustLoss
+    from weightzoo.weighting.nets import CMWNet
 
 
 @dataclass
@@ -58,6 +60,15 @@ class StepOutput:
     terms: dict[str, LossTerm]
     weights: torch.Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainedArtifact:
+    """A method's learned artifact (a weighter or a learned robust loss) and, for a weighter,
+    the task families of the data it was trained on (recorded in its card)."""
+
+    artifact: CMWNet | LearnedRobustLoss
+    families: TaskFamilies | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +132,8 @@ class Method(ABC):
         """Extra numbers for the epoch's metrics row (reset each epoch)."""
         return {}
 
-    def trained_weighting(self) -> SampleWeighting | None:
-        """The weighting this method learned (published as the run's artifact), if any."""
+    def trained_artifact(self) -> TrainedArtifact | None:
+        """What this method learned, published as the run's ``weighter/`` artifact, if any."""
         return None
 
     def provenance(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from weightzoo.bilevel.metaset import ModelEMA
 from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.methods.registry import register_method
+from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
@@ -100,3 +101,39 @@ class FrozenWeighting(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.teacher is not None and "teacher" in state:
             self.teacher.module.load_state_dict(state["teacher"])
+
+
+@dataclass
+class FrozenLossConfig:
+    """loss: a learned robust loss by zoo name, directory or Hub repo id; revision: Hub revision."""
+
+    loss: str = ""
+    revision: str | None = None
+
+
+@register_method("frozen-loss", FrozenLossConfig, description="a meta-learned robust loss, frozen")
+class FrozenLoss(Method):
+    """Training with a learned robust loss's fixed hyper-parameters (CE during warm-up)."""
+
+    def __init__(
+        self, config: FrozenLossConfig | None = None, *, loss: LearnedRobustLoss | None = None
+    ) -> None:
+        self.config = config or FrozenLossConfig()
+        if loss is None:
+            if not self.config.loss:
+                raise ValueError("method 'frozen-loss' needs loss = NAME (a zoo name, directory or repo)")
+            loss = LearnedRobustLoss.from_pretrained(self.config.loss, revision=self.config.revision)
+        self.loss = loss
+
+    @property
+    def identity(self) -> str:
+        return f"loss:{self.loss.config.loss}"
+
+    def setup(self, trainer: Trainer) -> None:
+        self.loss.to(trainer.device)
+
+    def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
+        logits = trainer.model(batch.x).float()
+        if batch.warmup:
+            return StepOutput({"ce": LossTerm(per_sample_loss("ce", logits, batch.y))})
+        return StepOutput({self.loss.config.loss: LossTerm(self.loss(logits, batch.y))})

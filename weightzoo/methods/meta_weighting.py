@@ -26,7 +26,7 @@ from weightzoo.bilevel.estimators import (
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.losses import per_sample_loss
-from weightzoo.methods.base import Batch, RunContext, StepOutput
+from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import INPUT_NORMS, NORMALIZATIONS, CMWNet, WeighterConfig, build_weighter
@@ -238,8 +238,10 @@ class MetaWeighting(BilevelMethod):
         weights = self.weighting.weights(losses, batch.y, checked=True)
         return StepOutput({"ce": LossTerm(losses, weights, self.weighting.normalization)}, weights)
 
-    def trained_weighting(self) -> SampleWeighting | None:
-        return self.weighting
+    def trained_artifact(self) -> TrainedArtifact | None:
+        if self.weighting is None:
+            return None
+        return TrainedArtifact(self.weighting.weighter, self.weighting.families)
 
     def state_dict(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.weighter is not None

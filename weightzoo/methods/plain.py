@@ -1,7 +1,8 @@
 """Plain-loss methods: the mean of CE or of a robust-loss baseline, one registered name each.
 
 - ``ce``; ``focal`` (gamma); ``gce`` (q); ``sce`` (alpha, beta, log_zero);
-  ``class-balanced`` (beta; weights from the whole training set's class counts).
+  ``class-balanced`` (beta; weights from the whole training set's class counts);
+  ``poly-soft`` (lam, d); ``bi-tempered`` (t1, t2).
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ class ClassBalancedConfig:
     beta: float = 0.9999
 
 
+@dataclass
+class PolySoftConfig:
+    lam: float = 5.0
+    d: float = 3.0
+
+
+@dataclass
+class BiTemperedConfig:
+    t1: float = 0.8
+    t2: float = 1.2
+
+
 class PlainLoss(Method):
     """Mean of the per-sample loss ``loss`` with hyper-parameters ``params``."""
 
@@ -77,3 +90,5 @@ _register("focal", FocalConfig, "focal loss (Lin et al. 2017)")
 _register("gce", GCEConfig, "generalised cross entropy (Zhang & Sabuncu 2018)")
 _register("sce", SCEConfig, "symmetric cross entropy (Wang et al. 2019)")
 _register("class-balanced", ClassBalancedConfig, "class-balanced CE (Cui et al. 2019)")
+_register("poly-soft", PolySoftConfig, "polynomial soft weighting (Zhao et al. 2015)")
+_register("bi-tempered", BiTemperedConfig, "bi-tempered logistic loss (Amid et al. 2019)")
