@@ -18,6 +18,7 @@ from weightzoo.methods.frozen import FrozenWeighting
 from weightzoo.methods.l2rw import L2RW, L2RWConfig
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
+from weightzoo.methods.robust_loss import AdaptiveRobustLoss, ARLConfig
 from weightzoo.methods.soft_labels import SoftLabelConfig, SoftLabelMetaWeighting
 from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet, accuracy_report
@@ -93,8 +94,16 @@ def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> SoftLabelMetaWeighti
     return strategy
 
 
+def arl_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> AdaptiveRobustLoss:
+    strategy = AdaptiveRobustLoss(ARLConfig(loss="bi-tempered", meta=MetaConfig(meta_lr=5e-2,
+                                                                                meta_batch_size=40)))
+    strategy.bind(RunContext(10, meta[0], meta[1]))
+    return strategy
+
+
 STRATEGIES = {
     "plain": lambda meta: PlainLoss("ce"),
+    "arl-bi-tempered": arl_strategy,
     "l2rw": l2rw_strategy,
     "cmwnet-sl": sl_strategy,
     "meta-clean": lambda meta: meta_strategy("clean", meta),
@@ -144,6 +153,9 @@ def test_resume_is_bit_identical(name: str, digits: TrainingSet, meta_set, tmp_p
     if isinstance(straight_strategy, SoftLabelMetaWeighting):
         assert_same_tensors(straight_strategy.teacher.module.state_dict(),
                             resumed_strategy.teacher.module.state_dict())
+    if isinstance(straight_strategy, AdaptiveRobustLoss):
+        assert straight_strategy.loss.hyperparameters() == resumed_strategy.loss.hyperparameters()
+        assert straight_strategy.loss.hyperparameters() != {"t1": 0.8, "t2": 1.2}
     if isinstance(straight_strategy, L2RW):
         assert torch.equal(straight.sample_weights, second.sample_weights)
     if isinstance(straight_strategy, MetaWeighting):

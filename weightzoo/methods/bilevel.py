@@ -1,7 +1,8 @@
 """``BilevelMethod``: what every method that takes meta steps shares -- the meta set, the
-meta-gradient estimator, the virtual step's options, the kept look-ahead forward, and the
-epoch's mean meta loss. Subclasses build an objective and the tensors to meta-learn and call
-:meth:`BilevelMethod.meta_gradient`."""
+meta-gradient estimator, the virtual step's options, the kept look-ahead forward, the
+meta-learned module with its Adam optimizer (checkpointed), and the epoch's mean meta loss.
+Subclasses build an objective and call :meth:`BilevelMethod.learn` (a meta-learned module)
+or :meth:`BilevelMethod.meta_gradient` (any tensors, e.g. L2RW's per-sample eps)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from weightzoo.bilevel.estimators import (
     AUTO,
@@ -16,6 +18,7 @@ from weightzoo.bilevel.estimators import (
     KeptForward,
     MetaGradient,
     MetaGradientEstimator,
+    apply_meta_gradient,
     build_estimator,
     estimator_names,
     fastest_exact_estimator,
@@ -51,6 +54,8 @@ class BilevelMethod(Method):
         self.meta_set = MetaSet(meta, meta_x, meta_y)
         self.estimator_name, self.reuse_forward = estimator, reuse_forward
         self.estimator: MetaGradientEstimator | None = None
+        self.learner: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self._meta_losses: list[float] = []
 
     @property
@@ -90,6 +95,21 @@ class BilevelMethod(Method):
         self._meta_losses.append(result.meta_loss)
         return result
 
+    def start_learning(self, learner: nn.Module, lr: float, weight_decay: float) -> None:
+        """Meta-learn ``learner`` with Adam (called from ``setup``)."""
+        self.learner = learner
+        self.optimizer = torch.optim.Adam(learner.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def learn(self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
+              **options: Any) -> KeptForward | None:
+        """One meta step of the learner on the objective; returns the kept forward.
+        A non-finite meta loss raises and leaves the learner unchanged."""
+        assert self.learner is not None and self.optimizer is not None, "start_learning() first"
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        result = self.meta_gradient(trainer, x, lr, objective, params, **options)
+        apply_meta_gradient(result, params, self.optimizer)
+        return result.forward
+
     @staticmethod
     def logits(trainer: Trainer, x: torch.Tensor, kept: KeptForward | None) -> torch.Tensor:
         """The real step's logits: the kept look-ahead forward (its buffers restored), or a
@@ -109,7 +129,13 @@ class BilevelMethod(Method):
         return {"estimator": self.estimator.name if self.estimator is not None else None}
 
     def state_dict(self) -> dict[str, Any]:
-        return self.meta_set.state_dict()
+        state = self.meta_set.state_dict()
+        if self.learner is not None and self.optimizer is not None:
+            state.update(learner=self.learner.state_dict(), optimizer=self.optimizer.state_dict())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.meta_set.load_state_dict(state)
+        if self.learner is not None and self.optimizer is not None:
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])

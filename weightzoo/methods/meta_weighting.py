@@ -17,7 +17,6 @@ import torch
 from weightzoo.bilevel.estimators import (
     AUTO,
     BilevelProblem,
-    KeptForward,
     MetaGradient,
     MetaGradientEstimator,
     apply_meta_gradient,
@@ -176,7 +175,6 @@ class MetaWeighting(BilevelMethod):
         super().__init__(config.meta, config.estimator, config.reuse_forward, meta_x, meta_y)
         self.config, self.kind, self.weighter, self.family_seed = config, kind, weighter, family_seed
         self.weighting: SampleWeighting | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
 
     @property
     def meta(self) -> MetaConfig:
@@ -207,9 +205,7 @@ class MetaWeighting(BilevelMethod):
         self.estimator_name = self.config.estimator
         super().setup(trainer)
         self.weighter.to(trainer.device).train().requires_grad_(True)
-        self.optimizer = torch.optim.Adam(
-            self.weighter.parameters(), lr=self.meta.meta_lr, weight_decay=self.meta.meta_weight_decay,
-        )
+        self.start_learning(self.weighter, self.meta.meta_lr, self.meta.meta_weight_decay)
         self.weighting = SampleWeighting.fit(
             self.weighter, trainer.global_class_counts(), seed=self.family_seed
         ).to(trainer.device)
@@ -217,21 +213,11 @@ class MetaWeighting(BilevelMethod):
     def meta_iteration(self, batch: Batch) -> bool:
         return not batch.warmup and batch.iteration % self.meta.meta_interval == 0
 
-    def update_weighter(self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
-                        **options: Any) -> KeptForward | None:
-        """One meta step of the weighter on the objective; returns the kept forward."""
-        assert self.weighting is not None and self.optimizer is not None
-        params = [p for p in self.weighting.weighter.parameters() if p.requires_grad]
-        result = self.meta_gradient(trainer, x, lr, objective, params, **options)
-        apply_meta_gradient(result, params, self.optimizer)
-        return result.forward
-
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         assert self.weighting is not None, "setup() was not called"
         kept = None
         if self.meta_iteration(batch):
-            kept = self.update_weighter(trainer, batch.x, batch.lr,
-                                        weighting_objective(self.weighting, batch.y))
+            kept = self.learn(trainer, batch.x, batch.lr, weighting_objective(self.weighting, batch.y))
         losses = per_sample_loss("ce", self.logits(trainer, batch.x, kept).float(), batch.y)
         if batch.warmup:
             return StepOutput({"ce": LossTerm(losses)})
@@ -242,18 +228,6 @@ class MetaWeighting(BilevelMethod):
         if self.weighting is None:
             return None
         return TrainedArtifact(self.weighting.weighter, self.weighting.families)
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.optimizer is not None and self.weighter is not None
-        return {**super().state_dict(), "weighter": self.weighter.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.optimizer is not None and self.weighter is not None
-        super().load_state_dict(state)
-        self.weighter.load_state_dict(state["weighter"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
 
 register_method("mwnet", MWNetConfig, publishes=True,
                 description="MW-Net meta-training (Shu et al. 2019)")(

@@ -16,11 +16,8 @@ exponentials whose forward-mode formulas torch cannot always reverse-differentia
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
-
-from weightzoo.bilevel.estimators import apply_meta_gradient
 from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator
@@ -69,7 +66,6 @@ class AdaptiveRobustLoss(BilevelMethod):
         super().__init__(config.meta, config.estimator, config.reuse_forward)
         self.config = config
         self.loss: LearnedRobustLoss | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
 
     @property
     def identity(self) -> str:
@@ -87,37 +83,20 @@ class AdaptiveRobustLoss(BilevelMethod):
         assert self.loss is not None
         super().setup(trainer)
         self.loss.to(trainer.device)
-        self.optimizer = torch.optim.Adam(self.loss.parameters(), lr=self.config.meta.meta_lr,
-                                          weight_decay=self.config.meta.meta_weight_decay)
+        self.start_learning(self.loss, self.config.meta.meta_lr, self.config.meta.meta_weight_decay)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
-        assert self.loss is not None and self.optimizer is not None, "setup() was not called"
+        assert self.loss is not None, "setup() was not called"
         if batch.warmup:
             logits = trainer.model(batch.x).float()
             return StepOutput({"ce": LossTerm(per_sample_loss("ce", logits, batch.y))})
         loss, kept = self.loss, None
         if batch.iteration % self.config.meta.meta_interval == 0:
-            params = list(loss.parameters())
-            result = self.meta_gradient(
-                trainer, batch.x, batch.lr,
-                lambda logits: {loss.config.loss: LossTerm(loss(logits, batch.y, learn=True))}, params,
-            )
-            apply_meta_gradient(result, params, self.optimizer)
-            kept = result.forward
+            kept = self.learn(trainer, batch.x, batch.lr,
+                              lambda logits: {loss.config.loss: LossTerm(loss(logits, batch.y, learn=True))})
         logits = self.logits(trainer, batch.x, kept).float()
         return StepOutput({loss.config.loss: LossTerm(loss(logits, batch.y))},
                           logs={f"learned_{k}": v for k, v in loss.hyperparameters().items()})
 
     def trained_artifact(self) -> TrainedArtifact | None:
         return TrainedArtifact(self.loss) if self.loss is not None else None
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.loss is not None and self.optimizer is not None
-        return {**super().state_dict(), "loss": self.loss.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.loss is not None and self.optimizer is not None
-        super().load_state_dict(state)
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])

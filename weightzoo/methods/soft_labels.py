@@ -75,9 +75,8 @@ class SoftLabelMetaWeighting(MetaWeighting):
         learnable = partial(self.weighting.weights, grad=True, checked=True)
         kept = None
         if self.meta_iteration(batch):
-            kept = self.update_weighter(trainer, sl.x, batch.lr,
-                                        lambda logits: sl.terms(logits, batch.y, learnable),
-                                        dominant_mixup=True)
+            kept = self.learn(trainer, sl.x, batch.lr, lambda logits: sl.terms(logits, batch.y, learnable),
+                              dominant_mixup=True)
         logits = self.logits(trainer, sl.x, kept).float()
         terms = sl.terms(logits, batch.y, partial(self.weighting.weights, checked=True))
         return StepOutput(terms, terms["label"].weights)
