@@ -24,7 +24,8 @@ from weightzoo.artifact.format import load_artifact
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
 METHODS = ["ce", "focal", "gce", "sce", "class-balanced", "mwnet", "cmwnet"]
 # Settings a method needs beyond its defaults when a recipe is switched to it.
-METHOD_OVERRIDES = {"cmwnet-sl": ["meta.mixup_alpha=1.0"]}
+METHOD_OVERRIDES = {"cmwnet-sl": ["meta.mixup_alpha=1.0"],
+                    "arl": ["meta.meta_lr=1e-2", "meta.meta_weight_decay=0"]}
 WEIGHTER_METHODS = ("mwnet", "cmwnet", "cmwnet-sl")
 
 
