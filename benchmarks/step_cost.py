@@ -12,6 +12,9 @@ Sections (each times its variants side by side on the same architecture, batch a
   the look-ahead's kept forward (weighting, backward, SGD step).
 - ``frozen``: a CE iteration and ``WeightedLoss`` with a frozen CMW-Net (K=3, families
   fitted by k-means on long-tailed class counts) forward + backward + SGD step.
+- ``methods``: one training iteration of each registered method as ``weightzoo train``
+  runs it (``Trainer._step`` on a synthetic training set with a clean meta set): ``ce``,
+  ``mwnet``, ``cmwnet``, ``cmwnet-sl``, ``l2rw`` and ``arl`` (GCE), estimator ``auto``.
 
 Method: every variant has its own copy of the same initial model and its own optimizer;
 after warm-up iterations the variants run interleaved in rounds of ``--block`` iterations
@@ -47,8 +50,11 @@ from torch import nn
 
 from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.losses import per_sample_loss
+from weightzoo.methods.base import RunContext
 from weightzoo.methods.meta_weighting import weighting_meta_step
+from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
+from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.weighted_loss import WeightedLoss
@@ -58,9 +64,10 @@ NUM_CLASSES = 10
 MODELS: dict[str, tuple[int, int, int]] = {
     "mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet32": (3, 32, 32),
 }
-SECTIONS = ("meta", "frozen")
+SECTIONS = ("meta", "frozen", "methods")
+METHOD_NAMES = ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl")
 # (section, model) pairs whose iterations take seconds on a CPU: run with --slow-repeats.
-SLOW_ON_CPU = {("meta", "resnet32")}
+SLOW_ON_CPU = {("meta", "resnet32"), ("methods", "resnet32")}
 Step = Callable[[int], None]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -164,6 +171,32 @@ def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, 
     return step
 
 
+def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int, ...]) -> Step:
+    """One ``Trainer`` iteration of method ``name`` on a synthetic training set (every batch
+    after the first epoch's warm-up-free start), with a clean meta set of 10 per class."""
+    g = torch.Generator().manual_seed(3)
+    n = s.batch_size * s.pool
+    x, y = torch.randn(n, *shape, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    meta_x = torch.randn(10 * NUM_CLASSES, *shape, generator=g)
+    meta_y = torch.arange(NUM_CLASSES).repeat(10)
+    data = TrainingSet(x, y, x[:10], y[:10], NUM_CLASSES)
+    schedule = Schedule(epochs=1, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                        weight_decay=s.weight_decay, amp=s.amp)
+    trainer = Trainer(model, data, schedule, device=s.device, progress=False)
+    method = build_method(name)
+    method.bind(RunContext(NUM_CLASSES, meta_x, meta_y, seed=0))
+    method.setup(trainer)
+    method.on_epoch_start(trainer, 0)
+    batches = trainer._batches(0)
+
+    def step(i: int) -> None:
+        batch = method.collate(trainer, batches[i % len(batches)], epoch=0, iteration=i, lr=s.lr,
+                               warmup=False)
+        trainer._step(method, batch)
+
+    return step
+
+
 def summary(ms: list[float]) -> dict[str, float | int]:
     q1, med, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
     return {"median": round(med, 3), "q1": round(q1, 3), "q3": round(q3, 3), "iqr": round(q3 - q1, 3),
@@ -237,7 +270,10 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
     model = build_model(name, NUM_CLASSES, shape).to(s.device).train()
     data = synthetic(shape, s.batch_size, s, seed=1)
     steps = {"ce": ce_step(copy.deepcopy(model), s, data)}
-    if section == "meta":
+    if section == "methods":
+        steps.update({f"method_{m}": method_iteration(copy.deepcopy(model), s, m, shape)
+                      for m in METHOD_NAMES})
+    elif section == "meta":
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
         for estimator in ("exact", "jvp"):
             steps[f"meta_{estimator}"] = meta_iteration(copy.deepcopy(model), s, data, meta, estimator)
@@ -289,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--meta-batch-size", type=int, default=100)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: meta, frozen")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: meta, frozen, methods")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the real forward (CUDA only)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's); use 1 on a CPU shared with other jobs")

@@ -23,9 +23,12 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
     assert len(report["load_average_start"]) == 3 and len(report["load_average_end"]) == 3
     assert report["date_utc"].endswith("+00:00")
     rows = report["results"]
-    assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp")]
+    assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp"),
+                                                          ("methods", "mlp")]
     assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp"}
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
+    assert set(rows[2]["variants"]) == {"ce", *(f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl",
+                                                                        "l2rw", "arl"))}
     for row in rows:
         assert row["iterations"] == 1
         for variant in row["variants"].values():
