@@ -17,6 +17,7 @@ from weightzoo.cli.options import (
     set_threads,
     threads_option,
 )
+from weightzoo.distributed import rank_and_world
 from weightzoo.methods.registry import method_names, method_spec
 from weightzoo.pipeline import train_with_baselines
 from weightzoo.recipe import builtin_recipes, load_recipe
@@ -56,6 +57,8 @@ def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...]
         resolved, out, tuple(b for b in baselines if b != resolved.method.name), device=device,
         resume=resume, overwrite=overwrite, progress=not no_progress, command=command_line(),
     )
+    if rank_and_world()[0] != 0:  # under torchrun, rank 0 reports
+        return
     if as_json:
         echo_json({"recipe": resolved.name, "out": str(out), "results": results})
         return

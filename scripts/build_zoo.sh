@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the shipped zoo (pretrained/) from the project's own recipes: each weighter is
 # meta-trained by `weightzoo train` with a CE baseline on identical data (seed 0), then its
-# artifact directory and metrics.json are copied into pretrained/NAME.  ~15 min on 2 CPU cores.
+# artifact directory and metrics.json are copied into pretrained/NAME.  ~20 min on 2 CPU cores.
+# ONLY="name ..." rebuilds only those entries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WZ=${WZ:-.venv/bin/weightzoo}
@@ -13,8 +14,10 @@ declare -A ZOO=(
   [cmwnet-fmnist-asym40]=fmnist-asym40-cmwnet
   [cmwnet-fmnist-longtail-noise]=fmnist-longtail-noise-cmwnet
   [cmwnet-fmnist-mixed]=fmnist-mixed-cmwnet
+  [cmwnet-sl-fmnist-sym40]=fmnist-sym40-cmwnet-sl
+  [arl-gce-fmnist-sym40]=fmnist-sym40-arl-gce
 )
-for name in "${!ZOO[@]}"; do
+for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then
     "$WZ" train "$recipe" --out "$RUNS/$name" --baseline ce --seed 0 --no-progress --resume \

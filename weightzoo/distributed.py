@@ -40,6 +40,27 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def agree(values: list[float]) -> bool:
+    """Whether every rank passed the same ``values`` (True in one process)."""
+    if rank_and_world()[1] == 1:
+        return True
+    high = torch.tensor(values, dtype=torch.float64)
+    low = -high.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(high, -low))
+
+
+def gather_objects(value: object) -> list[object]:
+    """Every rank's ``value``, in rank order, on every rank ([value] in one process)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [value]
+    gathered: list[object] = [None] * world
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()

@@ -207,6 +207,8 @@ def train_recipe(
     history = trainer.fit(method, resume=resume)
     metrics = final_metrics(history)
     trained = method.trained_artifact()
+    if distributed.rank_and_world()[0] != 0:  # rank 0 writes the run's files
+        return metrics
     if trained is not None:
         artifact = trained.artifact
         artifact.config.metadata = _provenance(

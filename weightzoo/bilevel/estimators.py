@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad
 
+from weightzoo import distributed
 from weightzoo.bilevel.lookahead import (
     LookaheadConfig,
     Objective,
@@ -41,7 +42,7 @@ from weightzoo.bilevel.lookahead import (
     steppable_parameters,
     virtual_step,
 )
-from weightzoo.weighting.reduction import LossTerm, total_loss
+from weightzoo.weighting.reduction import LossTerm
 
 MetaLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,7 +54,10 @@ class BilevelProblem:
     model: the real model (never modified); x (B, ...): inputs of the training objective;
     objective: logits on x -> named loss terms, differentiable w.r.t. ``hyper_params``;
     meta_x (M, ...), meta_y (M,) or (M, C) soft; meta_loss_fn: (logits, meta_y) -> scalar;
-    lr / optimizer / lookahead_config: the virtual step (see ``lookahead``).
+    lr / optimizer / lookahead_config: the virtual step (see ``lookahead``);
+    keep_forward: return the look-ahead's forward at theta for the real step;
+    shared_hyper_params: the hyper-parameters are the same on every rank (a weighter, a
+    loss's), so their gradient is summed over ranks; False for per-sample ones (L2RW's eps).
     """
 
     model: nn.Module
@@ -67,6 +71,7 @@ class BilevelProblem:
     optimizer: torch.optim.Optimizer | None = None
     lookahead_config: LookaheadConfig = field(default_factory=LookaheadConfig)
     keep_forward: bool = False
+    shared_hyper_params: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,9 @@ class ExactSecondOrder(MetaGradientEstimator):
     name = "exact"
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
+        if distributed.rank_and_world()[1] > 1:
+            raise ValueError("the 'exact' estimator runs in one process; under torchrun use "
+                             "estimator 'jvp' (or 'auto')")
         seen: list[torch.Tensor] = []
 
         def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
@@ -182,7 +190,16 @@ def _kept(
 class ExactJVP(MetaGradientEstimator):
     """The exact meta-gradient with one forward-mode pass instead of the second-order backward
     (see the module docstring). Uses the RNG exactly as ``exact`` does: the dual forward
-    replays the first forward's dropout masks."""
+    replays the first forward's dropout masks.
+
+    Data-parallel (under torchrun): each rank holds its shard of the training batch and of
+    the meta batch; the virtual step uses the global gradient of the objective (every term
+    normalised by its global denominator), g is the gradient of the global meta loss (the
+    mean over the global meta batch), and the hyper-gradient is the sum of the ranks'
+    contributions, so every rank gets the single-process gradient. Per term t, with
+    N_t / D_t its numerator / denominator and T_t the directional derivative of N_t, the
+    rank's contribution is the gradient of T_t / D - (sum T) D_t / D^2 (D, sum T: global).
+    """
 
     name = "jvp"
 
@@ -196,9 +213,10 @@ class ExactJVP(MetaGradientEstimator):
         with torch.autocast(device_type=device.type, enabled=False):
             rng = _rng_state(device)
             logits = functional_forward(model, {**named, **buffers}, x)
-            loss = total_loss(problem.objective(logits))
-            grads = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
-                                        retain_graph=problem.keep_forward)
+            parts = [(term.coef, *term.terms()) for term in problem.objective(logits).values()]
+            loss = sum(coef * numerator / _global(denominator) for coef, numerator, denominator in parts)
+            grads = _all_reduced(torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
+                                                     retain_graph=problem.keep_forward))
             kept = _kept(problem, logits, buffers)
             with torch.no_grad():
                 stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,
@@ -210,7 +228,9 @@ class ExactJVP(MetaGradientEstimator):
             meta_loss = problem.meta_loss_fn(meta_logits, problem.meta_y)
             if meta_loss.dim() != 0:
                 raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
-            g = torch.autograd.grad(meta_loss, list(meta_params.values()))
+            share = len(problem.meta_x) / float(_global(torch.tensor(float(len(problem.meta_x)))))
+            g = _all_reduced(torch.autograd.grad(meta_loss * share, list(meta_params.values())))
+            global_meta_loss = float(_global(meta_loss.detach() * share))
             after_meta = _rng_state(device)
             _set_rng_state(device, rng)  # the first forward's dropout masks
             with forward_ad.dual_level():
@@ -219,19 +239,43 @@ class ExactJVP(MetaGradientEstimator):
                     param, group = trainable[name], groups[id(trainable[name])]
                     scale = group["lr"] * gradient_coefficient(param, group, problem.optimizer, config)
                     state[name] = forward_ad.make_dual(param.detach(), g_p * scale)
-                dual_loss = total_loss(problem.objective(functional_forward(model, state, x)))
-                directional = forward_ad.unpack_dual(dual_loss).tangent
+                dual_terms = problem.objective(functional_forward(model, state, x)).values()
+                surrogate = sum(term.coef * _directional_part(*term.terms()) for term in dual_terms)
             _set_rng_state(device, after_meta)
-            if directional is None or not directional.requires_grad:
+            if not isinstance(surrogate, torch.Tensor) or not surrogate.requires_grad:
                 raise ValueError("the training objective does not depend on both the model and the "
                                  "hyper-parameters being meta-learned")
             try:
-                hyper = torch.autograd.grad(-directional, problem.hyper_params, materialize_grads=True,
+                hyper = torch.autograd.grad(-surrogate, problem.hyper_params, materialize_grads=True,
                                             allow_unused=True)
             except RuntimeError as err:  # a forward-AD formula torch cannot reverse-differentiate
                 raise ValueError(f"the 'jvp' estimator cannot differentiate this objective "
                                  f"({' '.join(str(err).split()[:12])} ...); use estimator 'exact'") from err
-        return MetaGradient(float(meta_loss.detach()), tuple(hyper), kept)
+        if problem.shared_hyper_params:
+            hyper = _all_reduced(hyper)
+        return MetaGradient(global_meta_loss, tuple(hyper), kept)
+
+
+def _global(value: torch.Tensor) -> torch.Tensor:
+    """A detached sum over ranks (the value itself in one process)."""
+    return distributed.all_reduce_sum(value.detach())
+
+
+def _all_reduced(grads: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    """Each gradient summed over ranks (unchanged in one process)."""
+    return tuple(None if g is None else distributed.all_reduce_sum(g) for g in grads)
+
+
+def _directional_part(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the directional derivative of N / D (N dual, D global, zero-sum
+    guard), whose gradient w.r.t. the hyper-parameters is this rank's contribution."""
+    tangent = forward_ad.unpack_dual(numerator).tangent
+    if tangent is None:
+        return torch.zeros((), device=numerator.device)
+    total_d, total_t = _global(denominator), _global(tangent)
+    guarded = torch.where(total_d > 0, total_d, torch.ones_like(total_d))
+    centring = torch.where(total_d > 0, total_t * denominator / guarded**2, torch.zeros_like(total_d))
+    return tangent / guarded - centring
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

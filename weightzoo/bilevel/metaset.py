@@ -72,6 +72,7 @@ class MetaSet:
                  meta_y: torch.Tensor | None = None) -> None:
         self.config, self.x, self.y = config, meta_x, meta_y
         self.ema: ModelEMA | None = None
+        self._draws = 0  # meta batches drawn (seeds the data-parallel generator)
 
     @property
     def clean_per_class(self) -> int:
@@ -95,24 +96,37 @@ class MetaSet:
             self.x, self.y = trainer.data.x[index], trainer.data.y[index]
 
     def batch(self, trainer: Trainer, *, dominant: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """A meta batch (M, ...) with labels (M,), or soft (M, C) labels under mixup."""
+        """A meta batch (M, ...) with labels (M,), or soft (M, C) labels under mixup.
+
+        Under torchrun every rank draws the same global meta batch from a generator seeded
+        alike on all ranks (the global RNG differs between ranks) and keeps its shard.
+        """
         assert self.x is not None and self.y is not None, "setup() / rebuild() first"
+        rank, world = trainer.rank, trainer.world
+        generator = None
+        if world > 1:
+            self._draws += 1
+            generator = torch.Generator().manual_seed(trainer.seed * 1_000_003 + self._draws)
         size = min(self.config.meta_batch_size, len(self.y))
-        pick = torch.randperm(len(self.y))[:size]
+        pick = torch.randperm(len(self.y), generator=generator)[:size]
         x, y = self.x[pick].to(trainer.device), self.y[pick].to(trainer.device)
         if self.config.mixup_alpha > 0:
             soft = F.one_hot(y, trainer.data.num_classes).float()
-            return mixup(x, soft, self.config.mixup_alpha, dominant=dominant)
-        return x, y
+            x, y = mixup(x, soft, self.config.mixup_alpha, generator=generator, dominant=dominant)
+        return (x[rank::world], y[rank::world]) if world > 1 else (x, y)
 
     def after_step(self, trainer: Trainer) -> None:
         if self.ema is not None:
             self.ema.update(trainer.module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        state: dict[str, Any] = {"meta_draws": self._draws}
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._draws = int(state.get("meta_draws", 0))
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
 

@@ -66,10 +66,13 @@ class BilevelMethod(Method):
         self.meta_set.bind(run.meta_x, run.meta_y)
 
     def setup(self, trainer: Trainer) -> None:
-        if trainer.world > 1:
-            raise ValueError(f"{self.name} meta-trains in a single process; apply weighters with torchrun")
+        if trainer.schedule.batch_size % trainer.world:
+            raise ValueError(f"the global batch size {trainer.schedule.batch_size} does not divide by "
+                             f"the world size {trainer.world}: meta steps need equal shards")
         name = self.estimator_name
-        self.estimator = build_estimator(fastest_exact_estimator(trainer.module) if name == AUTO else name)
+        if name == AUTO:  # data-parallel meta steps need the jvp route
+            name = "jvp" if trainer.world > 1 else fastest_exact_estimator(trainer.module)
+        self.estimator = build_estimator(name)
         self.meta_set.setup(trainer)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
@@ -78,10 +81,12 @@ class BilevelMethod(Method):
 
     def meta_gradient(
         self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
-        hyper_params: list[torch.Tensor], *, dominant_mixup: bool = False,
+        hyper_params: list[torch.Tensor], *, dominant_mixup: bool = False, shared: bool = True,
     ) -> MetaGradient:
         """dL^meta/d hyper_params for the training objective on inputs x (B, ...), on a fresh
-        meta batch; keeps the look-ahead's forward when the real step may reuse it."""
+        meta batch (this rank's shard of it under torchrun); keeps the look-ahead's forward
+        when the real step may reuse it. ``shared``: the hyper-parameters are the same on
+        every rank (summed gradients), not per sample."""
         assert self.estimator is not None, "setup() was not called"
         meta_x, meta_y = self.meta_set.batch(trainer, dominant=dominant_mixup)
         config = self.meta_set.config
@@ -91,6 +96,7 @@ class BilevelMethod(Method):
             optimizer=trainer.optimizer,
             lookahead_config=LookaheadConfig(config.include_momentum, config.include_weight_decay),
             keep_forward=self.reuse_forward and trainer.amp_dtype is None and trainer.world == 1,
+            shared_hyper_params=shared,
         ))
         self._meta_losses.append(result.meta_loss)
         return result

@@ -62,8 +62,9 @@ class L2RW(BilevelMethod):
         def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
             return {"ce": LossTerm(per_sample_loss("ce", logits, batch.y), eps, "mean")}
 
-        result = self.meta_gradient(trainer, batch.x, batch.lr, objective, [eps])
-        weights = l2rw_weights(result.grads[0].detach())
+        result = self.meta_gradient(trainer, batch.x, batch.lr, objective, [eps], shared=False)
+        helpful = torch.clamp(-result.grads[0].detach(), min=0.0)
         losses = per_sample_loss("ce", self.logits(trainer, batch.x, result.forward).float(), batch.y)
-        return StepOutput({"ce": LossTerm(losses, weights, "sum")}, weights,
-                          logs={"helpful_fraction": float((weights > 0).float().mean())})
+        # "sum" normalises by the (global, under torchrun) sum, with the zero-sum guard
+        return StepOutput({"ce": LossTerm(losses, helpful, "sum")}, l2rw_weights(result.grads[0].detach()),
+                          logs={"helpful_fraction": float((helpful > 0).float().mean())})

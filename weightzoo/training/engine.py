@@ -106,6 +106,13 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.data, self.schedule, self.seed = data, schedule, seed
+        labels = data.y.double()
+        if self.world > 1 and not distributed.agree([
+            data.num_classes, len(data.y), float(labels.sum()), float((labels * labels).sum()),
+            float(labels.max()) if len(labels) else -1.0,
+        ]):
+            raise ValueError("the ranks disagree on the training data (classes, samples or labels): "
+                             "every rank must load the same data set")
         self.module = model.to(self.device)
         self.model: nn.Module = self.module
         if self.world > 1:
@@ -170,8 +177,10 @@ class Trainer:
             row = self._epoch(method, epoch)
             self.history.append(row)
             if self.out_dir is not None:
+                rank_rngs = distributed.gather_objects(torch.get_rng_state())  # every rank's stream
                 if self.rank == 0:
-                    save_checkpoint(self.out_dir / CHECKPOINT_NAME, self._state(method, epoch))
+                    save_checkpoint(self.out_dir / CHECKPOINT_NAME,
+                                    {**self._state(method, epoch), "rank_rng": rank_rngs})
                 distributed.barrier()
         return self.history
 
@@ -344,7 +353,8 @@ class Trainer:
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
         self.iteration = int(state["iteration"])
-        torch.set_rng_state(state["rng"])
+        rank_rngs = state.get("rank_rng") or []
+        torch.set_rng_state(rank_rngs[self.rank] if len(rank_rngs) == self.world else state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.sample_weights is not None and "sample_weights" in state:
