@@ -24,6 +24,9 @@ TARGETS = {
     "longtail:50": "mwnet-fmnist-longtail",
 }
 GENERAL = "cmwnet-fmnist-mixed"
+# other artifact kinds applied frozen to a target: the SL weighter (with its SL loss) and the
+# learned robust loss
+EXTRA = {"symmetric:0.4": ["cmwnet-sl-fmnist-sym40", "arl-gce-fmnist-sym40"]}
 BASELINES = ["ce", "focal", "gce", "sce", "class-balanced"]
 APPLY = ["--data", "mnist5k", "--model", "mlp", "--epochs", "15", "--warmup-epochs", "2"]
 
@@ -34,19 +37,21 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-transfer"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/transfer_mnist5k"))
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     args = parser.parse_args()
+    targets = {bias: TARGETS[bias] for bias in args.targets}
     jobs = []
-    for bias, weighter in TARGETS.items():
+    for bias, weighter in targets.items():
         tag = bias.replace(":", "")
         for seed in args.seeds:
-            for name in dict.fromkeys([weighter, GENERAL]):
+            for name in dict.fromkeys([weighter, GENERAL, *EXTRA.get(bias, [])]):
                 out = args.runs / tag / f"seed{seed}" / name
                 extra = [x for b in BASELINES for x in ("--baseline", b)] if name == weighter else []
                 jobs.append((["apply", name, *APPLY, "--bias", bias, "--seed", str(seed),
                               "--out", str(out), *extra], out / "comparison.json"))
     run_jobs(jobs, args.parallel, args.runs / "jobs.log")
     summary: dict[str, dict] = {}
-    for bias, weighter in TARGETS.items():
+    for bias, weighter in targets.items():
         tag = bias.replace(":", "")
         rows: dict[str, dict] = {}
         comps = {s: read_json(args.runs / tag / f"seed{s}" / weighter / "comparison.json")
@@ -57,9 +62,13 @@ def main() -> None:
             key = f"{weighter} (frozen)" if method == "weighter" else method
             rows[key] = {m: mean_std([comps[s]["runs"][method][m] for s in args.seeds])
                          for m in ("test_acc", "head_acc", "medium_acc", "tail_acc")}
-        if GENERAL != weighter:
-            rows[f"{GENERAL} (frozen)"] = {
-                m: mean_std([general[s]["runs"]["weighter"][m] for s in args.seeds])
+        for other in [GENERAL, *EXTRA.get(bias, [])]:
+            if other == weighter:
+                continue
+            comp = general if other == GENERAL else {
+                s: read_json(args.runs / tag / f"seed{s}" / other / "comparison.json") for s in args.seeds}
+            rows[f"{other} (frozen)"] = {
+                m: mean_std([comp[s]["runs"]["weighter"][m] for s in args.seeds])
                 for m in ("test_acc", "head_acc", "medium_acc", "tail_acc")}
         best = max(BASELINES[1:], key=lambda b: rows[b]["test_acc"]["mean"])
         summary[bias] = {"rows": rows, "best_robust_baseline": best,
