@@ -7,21 +7,25 @@ import json
 import re
 
 import pytest
+import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from weightzoo import WeightedLoss, load_pretrained
+from weightzoo import LearnedRobustLoss, WeightedLoss, load_pretrained
 from weightzoo.artifact import hub
 from weightzoo.cli.main import cli
 
 SHIPPED = hub.builtin_names()
 EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
-            "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed"}
+            "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
+            "arl-gce-fmnist-sym40"}
+LEARNED_LOSSES = {"arl-gce-fmnist-sym40"}
 
 
-def test_zoo_has_the_five_weighters() -> None:
+def test_zoo_has_the_weighters_and_the_learned_loss() -> None:
     assert EXPECTED <= set(SHIPPED)
+    assert load_pretrained("cmwnet-sl-fmnist-sym40").config.base_loss == "sl"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -30,6 +34,10 @@ def test_shipped_weighter_loads_and_applies(name: str) -> None:
     meta = weighter.config.metadata
     assert meta["source"]["dataset"] == "fashion-mnist"
     assert meta["command"].startswith("weightzoo train ")
+    if name in LEARNED_LOSSES:
+        loss = LearnedRobustLoss.from_pretrained(name)
+        assert loss(torch.randn(4, 10), torch.tensor([0, 1, 2, 3])).shape == (4,)
+        return
     crit = WeightedLoss.from_pretrained(name, class_counts=[50, 40, 30, 20, 10, 5, 5, 5, 2, 1])
     assert crit.family_of_class.numel() == 10
 
@@ -55,7 +63,7 @@ def test_show_and_plot(name: str, tmp_path) -> None:
     runner = CliRunner()
     shown = runner.invoke(cli, ["show", name, "--json"])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output)["config"]["kind"] in ("mwnet", "cmwnet")
+    assert json.loads(shown.output)["config"]["kind"] in ("mwnet", "cmwnet", "robust-loss")
     png = tmp_path / "c.png"
     plotted = runner.invoke(cli, ["plot", name, "-o", str(png), "--width", "320", "--height", "240"])
     assert plotted.exit_code == 0, plotted.output
