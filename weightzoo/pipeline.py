@@ -175,16 +175,14 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 def train_recipe(
     recipe: Recipe, out_dir: str | Path, *, device: str | None = None, resume: bool = False,
     overwrite: bool = False, progress: bool = True, command: str | None = None,
-    baseline: dict[str, Any] | None = None, meta_per_class: int | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir``; returns the final metrics.
 
     Writes ``checkpoint.pt`` every epoch, then ``weighter/`` (methods that learn a
     weighter), ``curve.png``, ``run.json`` and ``metrics.json``. An ``out_dir`` holding a
     previous run is refused unless ``resume`` or ``overwrite``. ``baseline``: CE metrics
-    on the same data, recorded in the weighter's card when known. ``meta_per_class``:
-    clean samples per class held out of the training set (default: what the method asks
-    for; a baseline takes its recipe's, so that both train on identical data).
+    on the same data, recorded in the weighter's card when known.
     """
     out = Path(out_dir)
     check_output_dir(out, resume=resume, overwrite=overwrite)
@@ -193,8 +191,11 @@ def train_recipe(
         recipe.data.dataset, recipe.data.bias, seed=recipe.seed, root=recipe.data.root,
         test_fraction=recipe.data.test_fraction,
         class_map={int(k): v for k, v in (recipe.data.class_map or {}).items()} or None,
-        meta_per_class=method.clean_meta_per_class if meta_per_class is None else meta_per_class,
+        meta_per_class=recipe.held_out_per_class(),
     )
+    if 0 < method.clean_meta_per_class != recipe.held_out_per_class():
+        raise ValueError(f"data.meta_per_class ({recipe.data.meta_per_class}) differs from the "
+                         f"{method.clean_meta_per_class} clean samples per class the method's meta set takes")
     check_training_labels(data.train)
     if recipe.method.spec.publishes:
         load_pyplot()  # now, not while finalising (see load_pyplot)
@@ -315,12 +316,10 @@ def train_with_baselines(
     then the recipe itself; the CE baseline's metrics go into the weighter's card.
     Returns final metrics by method name (the recipe's under its method name)."""
     results: dict[str, dict[str, Any]] = {}
-    held_out = recipe.method.build().clean_meta_per_class
     for name in baselines:
         baseline = recipe.with_method(name)
         baseline.validate()
-        results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name,
-                                     meta_per_class=held_out, **kwargs)
+        results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name, **kwargs)
     ce = results.get("ce")
     summary = None if ce is None else {k: v for k, v in ce.items() if k != "per_class_acc"}
     results[recipe.method.name] = train_recipe(recipe, out_dir, baseline=summary, **kwargs)

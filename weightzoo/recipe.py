@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,17 @@ DEFAULT_METHOD = "mwnet"
 
 @dataclass
 class DataSection:
+    """dataset / bias / root / test_fraction / class_map: what to load and how to bias it;
+    meta_per_class: clean samples per class held out of training as the meta set (default:
+    what the method asks for, e.g. 10 for ``mwnet`` with ``meta.source = "clean"``, else 0);
+    set it for a baseline to train on exactly the data a meta method sees."""
+
     dataset: str = "digits"
     bias: str = "none"
     root: str | None = None
     test_fraction: float = 0.2
     class_map: dict[str, int] | None = None
+    meta_per_class: int | None = None
 
 
 @dataclass
@@ -78,9 +84,17 @@ class Recipe:
         return out
 
     def with_method(self, name: str) -> Recipe:
-        """The same run with method ``name`` at its default config (a baseline)."""
-        return Recipe(self.name, self.description, self.seed, self.imports, self.data, self.model,
+        """The same run, on the same data (the same meta set held out), with method ``name``
+        at its default config (a baseline)."""
+        data = replace(self.data, meta_per_class=self.held_out_per_class())
+        return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
                       MethodChoice.default(name), self.schedule)
+
+    def held_out_per_class(self) -> int:
+        """Clean samples per class held out of training as the meta set."""
+        if self.data.meta_per_class is not None:
+            return self.data.meta_per_class
+        return self.method.build().clean_meta_per_class
 
     def validate(self, where: str | None = None) -> None:
         """Check values the types alone do not; errors name ``where`` (default: the recipe)."""
@@ -96,6 +110,8 @@ class Recipe:
             raise ValueError(f"{where}: [model] needs a name")
         if self.schedule.epochs < 1 or self.schedule.batch_size < 1:
             raise ValueError(f"{where}: schedule.epochs and schedule.batch_size must be >= 1")
+        if self.data.meta_per_class is not None and self.data.meta_per_class < 0:
+            raise ValueError(f"{where}: data.meta_per_class must be >= 0")
         if self.schedule.warmup_epochs < 0 or self.schedule.lr <= 0:
             raise ValueError(f"{where}: schedule.warmup_epochs must be >= 0 and schedule.lr > 0")
         check = getattr(self.method.config, "validate", None)
@@ -193,7 +209,9 @@ def _switch_method(table: dict[str, Any], overrides: list[str]) -> None:
     """``--set method.name=OTHER`` switches the method: the file's ``[method]`` keys belong to
     the file's method and are dropped (set the new method's with more ``--set method.KEY=``);
     its ``[meta]`` table is kept for a new method that takes one, less the keys it does not
-    take (e.g. ``meta_lr`` for ``l2rw``), and dropped otherwise."""
+    take (e.g. ``meta_lr`` for ``l2rw``); otherwise it is dropped and the old method's clean
+    meta set stays held out (``data.meta_per_class``), so that a baseline trains on the
+    same data."""
     names = [item.partition("=")[2].strip().strip('"') for item in overrides
              if item.partition("=")[0].strip() == "method.name"]
     method = table.get("method", {})
@@ -201,14 +219,20 @@ def _switch_method(table: dict[str, Any], overrides: list[str]) -> None:
         return
     table["method"] = {}
     try:
-        config_class = method_spec(names[-1]).config_class
+        old_class = method_spec(method.get("name", DEFAULT_METHOD)).config_class
+        old_meta = typing.get_type_hints(old_class).get("meta")
+        meta_class = typing.get_type_hints(method_spec(names[-1]).config_class).get("meta")
     except ValueError:
-        return  # the unknown name is reported when the recipe is built
-    meta_class = typing.get_type_hints(config_class).get("meta")
+        return  # an unknown name is reported when the recipe is built
     meta = table.pop("meta", None)
     if meta_class is not None and isinstance(meta, dict):
         known = {f.name for f in fields(meta_class)}
         table["meta"] = {k: v for k, v in meta.items() if k in known}
+    elif old_meta is not None:  # keep the data identical: hold out the old method's meta set
+        old = build_dataclass(old_meta, meta if isinstance(meta, dict) else {}, "meta.", "recipe")
+        data = table.setdefault("data", {})
+        if isinstance(data, dict) and old.source == "clean":
+            data.setdefault("meta_per_class", old.per_class)
 
 
 def _apply_override(table: dict[str, Any], item: str) -> None:
