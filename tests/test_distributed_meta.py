@@ -14,6 +14,7 @@ from test_distributed import torchrun
 from torch import nn
 
 from weightzoo.bilevel.estimators import BilevelProblem, build_estimator
+from weightzoo.methods.base import RunContext
 from weightzoo.methods.meta_weighting import (
     MetaConfig,
     MetaWeighting,
@@ -21,6 +22,7 @@ from weightzoo.methods.meta_weighting import (
     mean_cross_entropy,
     weighting_objective,
 )
+from weightzoo.methods.registry import build_method
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.sample_weighting import SampleWeighting
@@ -89,10 +91,33 @@ def worker(out: Path) -> None:
     meta_training(out / "resumed", epochs=1)
     resumed, resumed_method = meta_training(out / "resumed", epochs=2, resume=True)
     fixed, _ = meta_training(None, epochs=2, meta_lr=0.0)
+    others = {name: other_method(name) for name in ("cmwnet-sl", "l2rw", "arl")}
+    disagree = digits_like()
+    if rank == 1:  # this rank's data knows a class the other does not
+        disagree = TrainingSet(disagree.x, disagree.y.clone().fill_(0), disagree.test_x, disagree.test_y, 5)
+    try:
+        Trainer(nn.Linear(6, 5), disagree, Schedule(epochs=1, batch_size=36), device="cpu", progress=False)
+        refusal = ""
+    except ValueError as err:
+        refusal = str(err)
     torch.save({"grads": grads, "weighter": weighter, "model": trainer.module.state_dict(),
                 "history": trainer.history, "resumed_weighter": resumed_method.weighter.state_dict(),
-                "resumed_model": resumed.module.state_dict(), "fixed_model": fixed.module.state_dict()},
-               out / f"rank{rank}.pt")
+                "resumed_model": resumed.module.state_dict(), "fixed_model": fixed.module.state_dict(),
+                "others": others, "refusal": refusal}, out / f"rank{rank}.pt")
+
+
+def other_method(name: str) -> dict:
+    """One epoch of another bilevel method under torchrun: its learner's state and history."""
+    data = digits_like()
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, len(COUNTS)))
+    method = build_method(name)
+    method.bind(RunContext(len(COUNTS), data.x[-30:], data.y[-30:], seed=0))
+    trainer = Trainer(model, data, Schedule(epochs=1, batch_size=36, lr=0.1, amp=False), device="cpu",
+                      progress=False)
+    trainer.fit(method)
+    learner = method.learner.state_dict() if method.learner is not None else {}
+    return {"learner": learner, "model": trainer.module.state_dict(), "history": trainer.history}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +151,20 @@ def test_interrupted_two_process_run_resumes_bit_identically(ranks: list[dict]) 
             assert torch.equal(value, rank["resumed_weighter"][key]), key
         for key, value in rank["model"].items():
             assert torch.equal(value, rank["resumed_model"][key]), key
+
+
+@pytest.mark.parametrize("name", ["cmwnet-sl", "l2rw", "arl"])
+def test_the_other_bilevel_methods_run_data_parallel(ranks: list[dict], name: str) -> None:
+    first, second = (rank["others"][name] for rank in ranks)
+    assert first["history"][-1]["meta_loss"] > 0
+    for part in ("learner", "model"):
+        for key, value in first[part].items():
+            assert torch.equal(value, second[part][key]), (part, key)
+
+
+def test_ranks_with_different_data_are_refused(ranks: list[dict]) -> None:
+    for rank in ranks:
+        assert "the ranks disagree on the training data" in rank["refusal"]
 
 
 def test_two_processes_train_like_one(ranks: list[dict]) -> None:

@@ -14,12 +14,14 @@ from safetensors.torch import save_file
 
 from weightzoo import LearnedRobustLoss
 from weightzoo.artifact.format import CONFIG_NAME, WEIGHTS_NAME, WeighterFileError, load_artifact
+from weightzoo.bilevel.estimators import BilevelProblem, build_estimator
 from weightzoo.losses import per_sample_loss, tempered_softmax
 from weightzoo.pipeline import WEIGHTER_DIR, apply_weighter, train_recipe
 from weightzoo.recipe import load_recipe
 from weightzoo.training.engine import Schedule
 from weightzoo.weighting.learned_loss import HYPERPARAMETERS, RobustLossConfig
 from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.reduction import LossTerm
 
 SHORT = ["schedule.epochs=2", "schedule.milestones=[]", "model.hidden=[32]", "schedule.warmup_epochs=1"]
 
@@ -126,3 +128,23 @@ def test_robust_loss_artifacts_load_strictly(arl_run: Path, tmp_path: Path) -> N
     save_file({"raw.lam": torch.tensor(1.0)}, str(directory / WEIGHTS_NAME), metadata=metadata)
     with pytest.raises(WeighterFileError, match="missing: raw.q"):
         load_artifact(directory)
+
+
+@pytest.mark.parametrize("loss", list(HYPERPARAMETERS))
+def test_both_exact_estimators_agree_on_learned_losses(loss: str) -> None:
+    """The hyper-parameters sit inside powers and exponentials; the forward-mode route still
+    gives the second-order route's gradient (BatchNorm in the model)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3)).double()
+    learned = LearnedRobustLoss(RobustLossConfig(loss=loss)).double()
+    x, y = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,))
+    problem = BilevelProblem(
+        model=model, x=x, objective=lambda z: {"r": LossTerm(learned(z, y, learn=True))},
+        meta_x=torch.randn(5, 6, dtype=torch.float64), meta_y=torch.randint(0, 3, (5,)),
+        meta_loss_fn=F.cross_entropy, hyper_params=list(learned.parameters()), lr=0.3,
+    )
+    exact, jvp = build_estimator("exact")(problem), build_estimator("jvp")(problem)
+    assert any(float(g.abs().max()) > 0 for g in exact.grads)
+    for a, b in zip(exact.grads, jvp.grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-14)

@@ -267,13 +267,13 @@ def apply_weighter(
     runs: dict[str, dict[str, Any]] = {}
     sample_weights = None
     for method in ("weighter", *baselines):
-        strategy = frozen() if method == "weighter" else build_method(method)
+        runner = frozen() if method == "weighter" else build_method(method)
         trainer = Trainer(
             build_checked_model(model, data.splits, seed), data.train, schedule, device=device,
             seed=seed, out_dir=out / method, progress=progress,
             record_weights=weights_report and method == "weighter" and not is_loss, desc=f"apply [{method}]",
         )
-        history = trainer.fit(strategy, resume=resume)
+        history = trainer.fit(runner, resume=resume)
         runs[method] = final_metrics(history)
         if rank == 0:
             write_json(out / method / METRICS_NAME, {"method": method, "final": runs[method],

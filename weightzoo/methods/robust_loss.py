@@ -9,8 +9,7 @@ as MW-Net, instead of a weighting function:
 Hyper-parameters stay in their ranges by construction (see
 :mod:`weightzoo.weighting.learned_loss`). The learned loss is the run's artifact (kind
 ``robust-loss``), applied frozen with ``LearnedRobustLoss.from_pretrained`` or ``weightzoo
-apply``. The default estimator is ``exact``: the hyper-parameters sit inside powers and
-exponentials whose forward-mode formulas torch cannot always reverse-differentiate.
+apply``. Both exact estimators work for the four losses (tested equal).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from weightzoo.bilevel.estimators import AUTO
 from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator
@@ -43,7 +43,7 @@ class ARLConfig:
 
     loss: str = "gce"
     start: dict[str, float] = field(default_factory=dict)
-    estimator: str = "exact"
+    estimator: str = AUTO
     reuse_forward: bool = True
     meta: MetaConfig = field(default_factory=arl_meta_defaults)
 
