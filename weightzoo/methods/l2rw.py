@@ -10,6 +10,7 @@ nothing to transfer, so its runs publish no weighter.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,9 @@ class L2RW(BilevelMethod):
             return {"ce": LossTerm(per_sample_loss("ce", logits, batch.y), eps, "mean")}
 
         result = self.meta_gradient(trainer, batch.x, batch.lr, objective, [eps], shared=False)
+        if not math.isfinite(result.meta_loss):
+            raise FloatingPointError(f"meta loss is {result.meta_loss} at epoch {batch.epoch + 1}, "
+                                     f"iteration {batch.iteration} (diverged? lower the learning rate)")
         helpful = torch.clamp(-result.grads[0].detach(), min=0.0)
         losses = per_sample_loss("ce", self.logits(trainer, batch.x, result.forward).float(), batch.y)
         # "sum" normalises by the (global, under torchrun) sum, with the zero-sum guard
