@@ -147,3 +147,16 @@ def test_weighted_loss_soft_label_loss() -> None:
         crit.soft_label_loss(logits, y, soft[:, :3])
     mw = WeightedLoss.for_data(MWNet(), class_counts=counts)
     assert torch.isfinite(mw.soft_label_loss(logits, y, soft))
+
+
+def test_frozen_methods_load_their_artifact_by_name(sl_weighter: Path) -> None:
+    from weightzoo.methods.frozen import FrozenLoss, FrozenLossConfig
+
+    method = FrozenWeighting(FrozenConfig(weighter=str(sl_weighter)))
+    assert method.loss == "sl" and method.weighter.config.base_loss == "sl"
+    with pytest.raises(ValueError, match="needs weighter = NAME"):
+        FrozenWeighting(FrozenConfig())
+    with pytest.raises(ValueError, match="needs loss = NAME"):
+        FrozenLoss(FrozenLossConfig())
+    with pytest.raises(TypeError, match="not a LearnedRobustLoss"):
+        FrozenLoss(FrozenLossConfig(loss=str(sl_weighter)))

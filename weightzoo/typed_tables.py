@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
 
@@ -79,3 +79,14 @@ def from_known_keys(cls: type, data: dict[str, Any], what: str) -> Any:
     if unknown:
         raise ValueError(f"unknown {what} keys: {short_list(unknown)}")
     return cls(**data)
+
+
+class DictRecord:
+    """Dataclass mixin: ``to_dict`` / ``from_dict`` (unknown keys refused) for JSON configs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return from_known_keys(cls, data, getattr(cls, "record_name", cls.__name__))

@@ -21,6 +21,13 @@ from weightzoo.weighting.soft_labels import SoftLabelBatch
 
 FROZEN_LOSSES = ("ce", "sl")
 
+
+def _pretrained(cls: type, method: str, key: str, name: str, revision: str | None) -> Any:
+    """``cls.from_pretrained(name)`` for a frozen method's ``key = NAME`` option."""
+    if not name:
+        raise ValueError(f"method {method!r} needs {key} = NAME (a zoo name, directory or repo)")
+    return cls.from_pretrained(name, revision=revision)
+
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
 
@@ -55,9 +62,7 @@ class FrozenWeighting(Method):
     def __init__(self, config: FrozenConfig | None = None, *, weighter: CMWNet | None = None) -> None:
         self.config = config or FrozenConfig()
         if weighter is None:
-            if not self.config.weighter:
-                raise ValueError("method 'frozen' needs weighter = NAME (a zoo name, directory or repo)")
-            weighter = CMWNet.from_pretrained(self.config.weighter, revision=self.config.revision)
+            weighter = _pretrained(CMWNet, "frozen", "weighter", self.config.weighter, self.config.revision)
         self.weighter = weighter
         self.loss = weighter.config.base_loss if self.config.loss == "auto" else self.config.loss
         if self.loss not in FROZEN_LOSSES:
@@ -120,9 +125,8 @@ class FrozenLoss(Method):
     ) -> None:
         self.config = config or FrozenLossConfig()
         if loss is None:
-            if not self.config.loss:
-                raise ValueError("method 'frozen-loss' needs loss = NAME (a zoo name, directory or repo)")
-            loss = LearnedRobustLoss.from_pretrained(self.config.loss, revision=self.config.revision)
+            loss = _pretrained(LearnedRobustLoss, "frozen-loss", "loss", self.config.loss,
+                               self.config.revision)
         self.loss = loss
 
     @property

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import nn
 
 from weightzoo.artifact.mixin import ArtifactMixin
 from weightzoo.losses import per_sample_loss
-from weightzoo.typed_tables import from_known_keys
+from weightzoo.typed_tables import DictRecord
 
 Range = Literal["unit", "positive", "above_one", "one_to_four"]
 MARGIN = 1e-3
@@ -58,7 +58,7 @@ HYPERPARAMETERS: dict[str, dict[str, tuple[Range, float]]] = {
 
 
 @dataclass
-class RobustLossConfig:
+class RobustLossConfig(DictRecord):
     """kind: ``robust-loss``; loss: one of ``HYPERPARAMETERS``; source_num_classes: classes of
     the meta-training data; metadata: provenance (as a weighter's)."""
 
@@ -66,6 +66,7 @@ class RobustLossConfig:
     loss: str = "gce"
     source_num_classes: int = 10
     metadata: dict[str, Any] = field(default_factory=dict)
+    record_name: ClassVar[str] = "robust-loss config"
 
     def __post_init__(self) -> None:
         if self.kind != "robust-loss":
@@ -78,12 +79,6 @@ class RobustLossConfig:
         if not isinstance(self.metadata, dict):
             raise ValueError("metadata must be a dict")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RobustLossConfig:
-        return from_known_keys(cls, data, "robust-loss config")
 
 
 class LearnedRobustLoss(ArtifactMixin, nn.Module):

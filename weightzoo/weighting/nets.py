@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from weightzoo.artifact.mixin import ArtifactMixin
-from weightzoo.typed_tables import from_known_keys
+from weightzoo.typed_tables import DictRecord
 
 WeighterKind = Literal["mwnet", "cmwnet"]
 Normalization = Literal["sum", "mean", "detached_sum"]
@@ -26,7 +26,7 @@ INPUT_NORMS: tuple[str, ...] = ("none", "log_classes")
 
 
 @dataclass
-class WeighterConfig:
+class WeighterConfig(DictRecord):
     """Everything needed to rebuild a weighter and to apply it faithfully elsewhere.
 
     kind: ``mwnet`` (one head) or ``cmwnet`` (``num_families`` heads).
@@ -50,6 +50,7 @@ class WeighterConfig:
     base_loss: str = "ce"
     source_num_classes: int = 10
     metadata: dict[str, Any] = field(default_factory=dict)
+    record_name: ClassVar[str] = "weighter config"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "num_families", "source_num_classes"):
@@ -73,12 +74,6 @@ class WeighterConfig:
         if self.source_num_classes < 1:
             raise ValueError("source_num_classes must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WeighterConfig:
-        return from_known_keys(cls, data, "weighter config")
 
 
 def loss_input_scale(input_norm: str, num_classes: int) -> float:
