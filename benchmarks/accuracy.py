@@ -26,6 +26,8 @@ METHODS = ["ce", "focal", "gce", "sce", "class-balanced", "mwnet", "cmwnet"]
 # Settings a method needs beyond its defaults when a recipe is switched to it.
 METHOD_OVERRIDES = {"cmwnet-sl": ["meta.mixup_alpha=1.0"],
                     "arl": ["meta.meta_lr=1e-2", "meta.meta_weight_decay=0"]}
+# benchmark names for method variants: name -> (registered method, extra overrides)
+VARIANTS = {f"arl-{loss}": ("arl", [f"method.loss={loss}"]) for loss in ("sce", "poly-soft", "bi-tempered")}
 WEIGHTER_METHODS = ("mwnet", "cmwnet", "cmwnet-sl")
 
 
@@ -55,9 +57,11 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 out = args.runs / recipe / f"seed{seed}" / method
-                extra = [arg for item in METHOD_OVERRIDES.get(method, []) for arg in ("--set", item)]
+                registered, variant = VARIANTS.get(method, (method, []))
+                items = [*METHOD_OVERRIDES.get(registered, []), *variant]
+                extra = [arg for item in items for arg in ("--set", item)]
                 jobs.append((["train", recipe, "--out", str(out), "--seed", str(seed),
-                              "--set", f"method.name={method}", *extra], out / "metrics.json"))
+                              "--set", f"method.name={registered}", *extra], out / "metrics.json"))
     run_jobs(jobs, args.parallel, args.runs / "jobs.log")
     summary: dict[str, dict] = {}
     for recipe in args.recipes:
