@@ -7,9 +7,10 @@ Sections (each times its variants side by side on the same architecture, batch a
 
 - ``meta``: a plain CE iteration (forward, backward, SGD step) and full CMW-Net (K=3)
   meta-training iterations as ``MetaWeighting`` runs them -- the meta step (look-ahead,
-  meta forward/backward, Adam on the weighter) with each exact estimator, ``meta_exact``
-  (second-order backward) and ``meta_jvp`` (one forward-mode JVP), then the real step on
-  the look-ahead's kept forward (weighting, backward, SGD step).
+  meta forward/backward, Adam on the weighter) with each estimator, ``meta_exact``
+  (second-order backward), ``meta_jvp`` (one forward-mode JVP) and ``meta_last-layer``
+  (the approximation through the head only), then the real step on the look-ahead's kept
+  forward (weighting, backward, SGD step).
 - ``frozen``: a CE iteration and ``WeightedLoss`` with a frozen CMW-Net (K=3, families
   fitted by k-means on long-tailed class counts) forward + backward + SGD step.
 - ``methods``: one training iteration of each registered method as ``weightzoo train``
@@ -275,7 +276,7 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
                       for m in METHOD_NAMES})
     elif section == "meta":
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
-        for estimator in ("exact", "jvp"):
+        for estimator in ("exact", "jvp", "last-layer"):
             steps[f"meta_{estimator}"] = meta_iteration(copy.deepcopy(model), s, data, meta, estimator)
     else:
         steps["frozen"] = frozen_step(copy.deepcopy(model), s, data)

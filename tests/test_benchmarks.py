@@ -25,7 +25,7 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
     rows = report["results"]
     assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp"),
                                                           ("methods", "mlp")]
-    assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp"}
+    assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp", "meta_last-layer"}
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
     assert set(rows[2]["variants"]) == {"ce", *(f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl",
                                                                         "l2rw", "arl"))}

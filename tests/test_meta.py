@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from weightzoo.bilevel.estimators import BilevelProblem, build_estimator, fastest_exact_estimator
-from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
+from weightzoo.bilevel.lookahead import LookaheadConfig, last_layer_parameters, lookahead
 from weightzoo.bilevel.metaset import ModelEMA, balanced_clean_indices, lowest_loss_indices
 from weightzoo.methods.meta_weighting import weighting_meta_gradient, weighting_meta_step
 from weightzoo.training.views import mixup
@@ -470,3 +470,29 @@ def test_kept_forward_is_the_real_forward(name: str) -> None:
     F.cross_entropy(logits, y).backward()
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_last_layer_estimator_is_exact_when_only_the_head_learns() -> None:
+    """The cheap baseline moves only the head in the virtual step; with the body frozen that
+    is the whole step, so it equals the exact estimator; otherwise it differs, and it never
+    touches the model (BatchNorm included)."""
+    torch.manual_seed(0)
+    model = bn_mlp().double().train()
+    assert last_layer_parameters(model) == {"3.weight", "3.bias"}
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    mx, my = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    sw = weighting(MWNet(hidden=16).double(), 3)
+    before = snapshot(model)
+    head_only = torch.optim.SGD(model[3].parameters(), lr=0.2)
+    exact = weighting_meta_gradient(model, sw, x, y, mx, my, lr=None, optimizer=head_only,
+                                    estimator=build_estimator("exact"))
+    last = weighting_meta_gradient(model, sw, x, y, mx, my, lr=None, optimizer=head_only,
+                                   estimator=build_estimator("last-layer"))
+    for a, b in zip(exact.grads, last.grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15)
+    everything = torch.optim.SGD(model.parameters(), lr=0.2)
+    full = weighting_meta_gradient(model, sw, x, y, mx, my, lr=None, optimizer=everything)
+    approx = weighting_meta_gradient(model, sw, x, y, mx, my, lr=None, optimizer=everything,
+                                     estimator=build_estimator("last-layer"))
+    assert not all(torch.allclose(a, b) for a, b in zip(full.grads, approx.grads, strict=True))
+    assert_same_state(model, before)

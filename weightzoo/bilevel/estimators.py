@@ -9,6 +9,9 @@ recipes choose one (``estimator = "exact"``) and artifacts record which one trai
 
 - ``exact``: the one-step look-ahead with a create-graph backward and the second-order
   backward through it (MW-Net Algorithm 1); the default; any objective.
+- ``last-layer``: an approximation, the cheap baseline of FaMUS: the same look-ahead but the
+  virtual step moves only the last layer's parameters (features fixed), so the second-order
+  terms involve the head only.
 - ``jvp``: the same gradient without the second-order backward (MW-Net Eq. 6 in general
   form). With theta' = theta - lr c grad_theta L(theta, hyper) (+ terms free of hyper) and
   g = grad L^meta(theta'), dL^meta/dhyper = -d/dhyper [ D_u L(theta, hyper) ], u = lr c g:
@@ -38,6 +41,7 @@ from weightzoo.bilevel.lookahead import (
     Objective,
     functional_forward,
     gradient_coefficient,
+    last_layer_parameters,
     lookahead,
     steppable_parameters,
     virtual_step,
@@ -152,9 +156,13 @@ class ExactSecondOrder(MetaGradientEstimator):
 
     name = "exact"
 
+    def step_only(self, model: nn.Module) -> set[str] | None:
+        """The parameters the virtual step moves (None: all)."""
+        return None
+
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
         if distributed.rank_and_world()[1] > 1:
-            raise ValueError("the 'exact' estimator runs in one process; under torchrun use "
+            raise ValueError(f"the {self.name!r} estimator runs in one process; under torchrun use "
                              "estimator 'jvp' (or 'auto')")
         seen: list[torch.Tensor] = []
 
@@ -165,6 +173,7 @@ class ExactSecondOrder(MetaGradientEstimator):
         state = lookahead(
             problem.model, problem.x, objective, lr=problem.lr,
             optimizer=problem.optimizer, config=problem.lookahead_config,
+            only=self.step_only(problem.model),
         )
         kept = _kept(problem, seen[0], state)
         with torch.autocast(device_type=problem.meta_x.device.type, enabled=False):
@@ -175,6 +184,16 @@ class ExactSecondOrder(MetaGradientEstimator):
             grads = torch.autograd.grad(meta_loss, problem.hyper_params, materialize_grads=True,
                                         retain_graph=kept is not None)
         return MetaGradient(float(meta_loss.detach()), tuple(grads), kept)
+
+
+@register_estimator
+class LastLayer(ExactSecondOrder):
+    """The look-ahead through the last layer only (an approximation)."""
+
+    name = "last-layer"
+
+    def step_only(self, model: nn.Module) -> set[str] | None:
+        return last_layer_parameters(model)
 
 
 def _kept(

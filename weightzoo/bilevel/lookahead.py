@@ -54,6 +54,7 @@ def lookahead(
     lr: float | None,
     optimizer: torch.optim.Optimizer | None = None,
     config: LookaheadConfig = LookaheadConfig(),
+    only: set[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Virtual step of ``model`` on the objective's gradient, differentiable through it.
 
@@ -62,10 +63,11 @@ def lookahead(
     lr: step size (the current scheduled lr); ``None`` takes each parameter's group lr.
     optimizer: the real optimizer (torch SGD); when given, only the parameters it holds are
         stepped (others stay fixed, as in the real step).
+    only: step just these parameter names (an approximation, e.g. the last layer).
     Returns the full state for ``functional_call``: stepped parameters, the unchanged
     frozen parameters, and clones of all buffers (as left by the forward on x).
     """
-    trainable, groups = steppable_parameters(model, optimizer, lr, config)
+    trainable, groups = steppable_parameters(model, optimizer, lr, config, only)
     named = dict(model.named_parameters())
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -119,15 +121,27 @@ def gradient_coefficient(
 
 def steppable_parameters(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None,
-    config: LookaheadConfig,
+    config: LookaheadConfig, only: set[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[int, dict]]:
-    """(name -> parameter the virtual step moves, id(param) -> its group with the step's lr)."""
+    """(name -> parameter the virtual step moves, id(param) -> its group with the step's lr);
+    ``only``: restrict the step to these parameter names (the others stay at theta)."""
     groups = _param_groups(model, optimizer, lr, config)
     trainable = {name: p for name, p in model.named_parameters()
-                 if p.requires_grad and id(p) in groups}
+                 if p.requires_grad and id(p) in groups and (only is None or name in only)}
     if not trainable:
         raise ValueError("the model has no trainable parameters for the look-ahead step")
     return trainable, groups
+
+
+def last_layer_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of the model's last module that holds parameters (in
+    registration order: the classifier head of a usual network)."""
+    owners = [(name, module) for name, module in model.named_modules()
+              if any(True for _ in module.parameters(recurse=False))]
+    if not owners:
+        raise ValueError("the model has no parameters")
+    prefix, module = owners[-1]
+    return {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
 
 
 def _param_groups(
