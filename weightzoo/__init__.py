@@ -26,10 +26,12 @@ from weightzoo.bilevel.estimators import (
     register_estimator,
 )
 from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
+from weightzoo.bilevel.metaset import MetaSet, MetaSetConfig, VirtualStepConfig
 from weightzoo.data.bias import BiasSpec, inject_bias
 from weightzoo.data.sources import DataSplits, list_datasets, load_dataset
 from weightzoo.losses import LOSS_NAMES, per_sample_loss
 from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
+from weightzoo.methods.bilevel import BilevelMethod
 from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
@@ -46,7 +48,8 @@ from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.weighted_loss import WeightedLoss
 
 __all__ = [
-    "LOSS_NAMES", "Batch", "LearnedRobustLoss",
+    "LOSS_NAMES", "Batch", "BilevelMethod", "LearnedRobustLoss", "MetaSet", "MetaSetConfig",
+    "VirtualStepConfig",
     "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
