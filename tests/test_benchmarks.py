@@ -27,8 +27,8 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
                                                           ("methods", "mlp")]
     assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp", "meta_last-layer"}
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
-    assert set(rows[2]["variants"]) == {"ce", *(f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl",
-                                                                        "l2rw", "arl"))}
+    assert set(rows[2]["variants"]) == {"ce", "method_mwnet_interval5", *(
+        f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl"))}
     for row in rows:
         assert row["iterations"] == 1
         for variant in row["variants"].values():
