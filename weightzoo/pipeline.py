@@ -191,9 +191,9 @@ def train_recipe(
         recipe.data.dataset, recipe.data.bias, seed=recipe.seed, root=recipe.data.root,
         test_fraction=recipe.data.test_fraction,
         class_map={int(k): v for k, v in (recipe.data.class_map or {}).items()} or None,
-        meta_per_class=recipe.held_out_per_class(),
+        meta_per_class=recipe.held_out_per_class(method),
     )
-    if 0 < method.clean_meta_per_class != recipe.held_out_per_class():
+    if 0 < method.clean_meta_per_class != recipe.held_out_per_class(method):
         raise ValueError(f"data.meta_per_class ({recipe.data.meta_per_class}) differs from the "
                          f"{method.clean_meta_per_class} clean samples per class the method's meta set takes")
     check_training_labels(data.train)

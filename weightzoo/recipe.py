@@ -90,11 +90,12 @@ class Recipe:
         return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
                       MethodChoice.default(name), self.schedule)
 
-    def held_out_per_class(self) -> int:
-        """Clean samples per class held out of training as the meta set."""
+    def held_out_per_class(self, method: Method | None = None) -> int:
+        """Clean samples per class held out of training as the meta set (``method``: the
+        recipe's method, when already built)."""
         if self.data.meta_per_class is not None:
             return self.data.meta_per_class
-        return self.method.build().clean_meta_per_class
+        return (method or self.method.build()).clean_meta_per_class
 
     def validate(self, where: str | None = None) -> None:
         """Check values the types alone do not; errors name ``where`` (default: the recipe)."""

@@ -46,7 +46,7 @@ from weightzoo.bilevel.lookahead import (
     steppable_parameters,
     virtual_step,
 )
-from weightzoo.weighting.reduction import LossTerm
+from weightzoo.weighting.reduction import LossTerm, safe_divide
 
 MetaLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -233,7 +233,8 @@ class ExactJVP(MetaGradientEstimator):
             rng = _rng_state(device)
             logits = functional_forward(model, {**named, **buffers}, x)
             parts = [(term.coef, *term.terms()) for term in problem.objective(logits).values()]
-            loss = sum(coef * numerator / _global(denominator) for coef, numerator, denominator in parts)
+            loss = sum(coef * safe_divide(numerator, _global(denominator))
+                       for coef, numerator, denominator in parts)
             grads = _all_reduced(torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
                                                      retain_graph=problem.keep_forward))
             kept = _kept(problem, logits, buffers)

@@ -55,11 +55,12 @@ class Batch:
 class StepOutput:
     """What a method's step returns: named loss terms (summed, each normalised on its own,
     into the objective the engine minimises), the per-sample weights it gave the labelled
-    samples (B,) or None, and extra per-step numbers averaged into the epoch's metrics."""
+    samples (B,) or None, and extra per-step numbers (scalar tensors or floats) averaged into
+    the epoch's metrics -- tensors stay on the device until the epoch ends."""
 
     terms: dict[str, LossTerm]
     weights: torch.Tensor | None = None
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

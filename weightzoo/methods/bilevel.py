@@ -6,7 +6,7 @@ or :meth:`BilevelMethod.meta_gradient` (any tensors, e.g. L2RW's per-sample eps)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -43,16 +43,25 @@ def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return per_sample_loss("ce", logits, targets).mean()
 
 
-class BilevelMethod(Method):
-    """meta: the meta set and virtual-step options; estimator: a registered name or ``auto``;
-    reuse_forward: let the real step reuse the look-ahead's forward (single process, no
-    autocast); meta_x / meta_y: a clean meta set (else the pipeline's, at :meth:`bind`)."""
+class BilevelConfig(Protocol):
+    """What every bilevel method's config holds: ``estimator`` (a registered name or
+    ``auto``), ``reuse_forward`` (the real step may reuse the look-ahead's forward: single
+    process, no autocast) and ``meta`` (the meta set and virtual-step options)."""
 
-    def __init__(self, meta: VirtualStepConfig, estimator: str, reuse_forward: bool,
-                 meta_x: torch.Tensor | None = None, meta_y: torch.Tensor | None = None) -> None:
-        check_estimator(estimator)
-        self.meta_set = MetaSet(meta, meta_x, meta_y)
-        self.estimator_name, self.reuse_forward = estimator, reuse_forward
+    estimator: str
+    reuse_forward: bool
+    meta: VirtualStepConfig
+
+
+class BilevelMethod(Method):
+    """config: the method's config (a :class:`BilevelConfig`; read when needed, so edits
+    before ``setup`` count); meta_x / meta_y: a clean meta set (else the pipeline's, at
+    :meth:`bind`)."""
+
+    def __init__(self, config: BilevelConfig, meta_x: torch.Tensor | None = None,
+                 meta_y: torch.Tensor | None = None) -> None:
+        self.config = config
+        self.meta_set = MetaSet(config.meta, meta_x, meta_y)
         self.estimator: MetaGradientEstimator | None = None
         self.learner: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -69,7 +78,7 @@ class BilevelMethod(Method):
         if trainer.schedule.batch_size % trainer.world:
             raise ValueError(f"the global batch size {trainer.schedule.batch_size} does not divide by "
                              f"the world size {trainer.world}: meta steps need equal shards")
-        name = self.estimator_name
+        name = self.config.estimator
         if name == AUTO:  # data-parallel meta steps need the jvp route
             name = "jvp" if trainer.world > 1 else fastest_exact_estimator(trainer.module)
         self.estimator = build_estimator(name)
@@ -95,7 +104,7 @@ class BilevelMethod(Method):
             meta_loss_fn=mean_cross_entropy, hyper_params=hyper_params, lr=lr,
             optimizer=trainer.optimizer,
             lookahead_config=LookaheadConfig(config.include_momentum, config.include_weight_decay),
-            keep_forward=self.reuse_forward and trainer.amp_dtype is None and trainer.world == 1,
+            keep_forward=self.config.reuse_forward and trainer.amp_dtype is None and trainer.world == 1,
             shared_hyper_params=shared,
         ))
         self._meta_losses.append(result.meta_loss)

@@ -19,6 +19,9 @@ from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.soft_labels import SoftLabelBatch
 
+if TYPE_CHECKING:
+    from weightzoo.training.engine import Trainer
+
 FROZEN_LOSSES = ("ce", "sl")
 
 
@@ -27,9 +30,6 @@ def _pretrained(cls: type, method: str, key: str, name: str, revision: str | Non
     if not name:
         raise ValueError(f"method {method!r} needs {key} = NAME (a zoo name, directory or repo)")
     return cls.from_pretrained(name, revision=revision)
-
-if TYPE_CHECKING:
-    from weightzoo.training.engine import Trainer
 
 
 @dataclass

@@ -51,8 +51,7 @@ def l2rw_weights(meta_gradient: torch.Tensor) -> torch.Tensor:
 @register_method("l2rw", L2RWConfig, description="Learning to Reweight Examples (Ren et al. 2018)")
 class L2RW(BilevelMethod):
     def __init__(self, config: L2RWConfig) -> None:
-        super().__init__(config.meta, config.estimator, config.reuse_forward)
-        self.config = config
+        super().__init__(config)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         if batch.warmup:
@@ -71,4 +70,4 @@ class L2RW(BilevelMethod):
         losses = per_sample_loss("ce", self.logits(trainer, batch.x, result.forward).float(), batch.y)
         # "sum" normalises by the (global, under torchrun) sum, with the zero-sum guard
         return StepOutput({"ce": LossTerm(losses, helpful, "sum")}, l2rw_weights(result.grads[0].detach()),
-                          logs={"helpful_fraction": float((helpful > 0).float().mean())})
+                          logs={"helpful_fraction": (helpful > 0).float().mean()})

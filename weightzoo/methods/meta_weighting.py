@@ -172,8 +172,9 @@ class MetaWeighting(BilevelMethod):
         meta_x: torch.Tensor | None = None, meta_y: torch.Tensor | None = None,
         family_seed: int = 0,
     ) -> None:
-        super().__init__(config.meta, config.estimator, config.reuse_forward, meta_x, meta_y)
-        self.config, self.kind, self.weighter, self.family_seed = config, kind, weighter, family_seed
+        super().__init__(config, meta_x, meta_y)
+        self.config: MetaWeightingConfig = config
+        self.kind, self.weighter, self.family_seed = kind, weighter, family_seed
         self.weighting: SampleWeighting | None = None
 
     @property
@@ -201,8 +202,6 @@ class MetaWeighting(BilevelMethod):
         if self.weighter is None:
             self.bind(RunContext(trainer.data.num_classes, seed=trainer.seed))
         assert self.weighter is not None
-        self.reuse_forward = self.config.reuse_forward
-        self.estimator_name = self.config.estimator
         super().setup(trainer)
         self.weighter.to(trainer.device).train().requires_grad_(True)
         self.start_learning(self.weighter, self.meta.meta_lr, self.meta.meta_weight_decay)
@@ -228,6 +227,7 @@ class MetaWeighting(BilevelMethod):
         if self.weighting is None:
             return None
         return TrainedArtifact(self.weighting.weighter, self.weighting.families)
+
 
 register_method("mwnet", MWNetConfig, publishes=True,
                 description="MW-Net meta-training (Shu et al. 2019)")(

@@ -63,8 +63,8 @@ class ARLConfig:
                  description="adaptive robust loss: meta-learned GCE / SCE / poly-soft / bi-tempered")
 class AdaptiveRobustLoss(BilevelMethod):
     def __init__(self, config: ARLConfig) -> None:
-        super().__init__(config.meta, config.estimator, config.reuse_forward)
-        self.config = config
+        super().__init__(config)
+        self.config: ARLConfig = config
         self.loss: LearnedRobustLoss | None = None
 
     @property
@@ -96,7 +96,7 @@ class AdaptiveRobustLoss(BilevelMethod):
                               lambda logits: {loss.config.loss: LossTerm(loss(logits, batch.y, learn=True))})
         logits = self.logits(trainer, batch.x, kept).float()
         return StepOutput({loss.config.loss: LossTerm(loss(logits, batch.y))},
-                          logs={f"learned_{k}": v for k, v in loss.hyperparameters().items()})
+                          logs={f"learned_{k}": v.detach() for k, v in loss.values().items()})
 
     def trained_artifact(self) -> TrainedArtifact | None:
         return TrainedArtifact(self.loss) if self.loss is not None else None

@@ -197,7 +197,7 @@ class Trainer:
             batches, desc=f"{self.desc} {epoch + 1}/{self.schedule.epochs}", file=sys.stderr,
             disable=not self.progress, leave=False, dynamic_ncols=True,
         )
-        logs: dict[str, list[float]] = {}
+        logs: dict[str, list[torch.Tensor]] = {}
         for index in bar:
             batch = method.collate(self, index, epoch=epoch, iteration=self.iteration, lr=lr,
                                      warmup=epoch < self.schedule.warmup_epochs)
@@ -209,7 +209,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}")
         self._share_sample_weights()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(count, 1)}
-        row.update({key: float(np.mean(values)) for key, values in logs.items()})
+        # the step's logs stay on the device until here: one host transfer per key and epoch
+        row.update({key: float(torch.stack(values).double().mean()) for key, values in logs.items()})
         row.update(method.epoch_metrics())
         row.update(self.evaluate())
         row["seconds"] = round(time.perf_counter() - started, 3)
@@ -220,7 +221,7 @@ class Trainer:
             )
         return row
 
-    def _step(self, method: Method, batch: Batch) -> tuple[float, dict[str, float]]:
+    def _step(self, method: Method, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:
         """One real step; returns the (global) training loss and the step's logs."""
         with self.autocast():
             output = method.step(self, batch)
@@ -245,9 +246,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         method.after_step(self, batch, output)
-        logs = dict(output.logs)
+        logs = {key: torch.as_tensor(value).detach().float() for key, value in output.logs.items()}
         if len(output.terms) > 1:
-            logs.update({f"{name}_loss": float(safe_divide(*term.terms()).detach())
+            logs.update({f"{name}_loss": safe_divide(*term.terms()).detach().float()
                          for name, term in output.terms.items()})
         return reported, logs
 
