@@ -64,3 +64,14 @@ def gather_objects(value: object) -> list[object]:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def all_gather_rows(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``value`` (n, ...) (the same shape on every rank) concatenated in rank order
+    along dim 0 (the value itself in one process); no autograd."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return value
+    parts = [torch.empty_like(value) for _ in range(world)]
+    dist.all_gather(parts, value.detach().contiguous())
+    return torch.cat(parts)

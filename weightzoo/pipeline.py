@@ -9,6 +9,7 @@ atomically, so a directory with ``metrics.json`` is a complete run.
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 from dataclasses import asdict, dataclass
@@ -26,11 +27,13 @@ from weightzoo.artifact.hub import load_pretrained
 from weightzoo.atomic import atomic_write, write_json, write_text
 from weightzoo.bilevel.metaset import balanced_clean_indices
 from weightzoo.data.bias import BiasedData, inject_bias
+from weightzoo.data.partial import draw_from_sets, set_report
 from weightzoo.data.sources import DataSplits, load_dataset
 from weightzoo.methods.base import Method, RunContext, TrainedArtifact
 from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
+from weightzoo.partial_regime import REGIMES, STAGE1_DIR, proden_stage
 from weightzoo.recipe import Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
@@ -68,6 +71,8 @@ def prepare_data(
     """Load ``dataset``, hold out ``meta_per_class`` clean samples per class as the meta set
     (before any bias), then inject ``bias`` into the rest (seeded)."""
     splits = load_dataset(dataset, root=root, seed=seed, test_fraction=test_fraction)
+    if splits.train_candidates is not None:
+        return _given_partial_labels(splits, bias, meta_per_class)
     x, y = splits.train_x, splits.train_y
     meta_x = meta_y = None
     if meta_per_class > 0:
@@ -79,9 +84,37 @@ def prepare_data(
     biased = inject_bias(x, y, splits.num_classes, bias, seed, class_map=class_map, dataset=splits.name)
     train = TrainingSet(
         x=x[biased.indices], y=biased.labels, test_x=splits.test_x, test_y=splits.test_y,
-        num_classes=splits.num_classes, clean_y=biased.clean_labels,
+        num_classes=splits.num_classes, clean_y=biased.clean_labels, candidates=biased.candidates,
     )
     return PreparedData(splits, train, biased, meta_x, meta_y)
+
+
+def _given_partial_labels(splits: DataSplits, bias: str, meta_per_class: int) -> PreparedData:
+    """A data set that comes with candidate sets (an npz ``S``): no bias is injected, and no
+    clean meta set can be held out; the true labels, when the file gave them, only reach
+    reports."""
+    if bias.strip().lower() not in ("", "none"):
+        raise ValueError(f"{splits.name} comes with candidate sets (S); it takes no bias (got {bias!r})")
+    if meta_per_class > 0:
+        raise ValueError(f"{splits.name} has partial labels only: no clean meta set can be held out "
+                         "(use meta.source = 'train')")
+    sets = splits.train_candidates
+    assert sets is not None
+    drawn = draw_from_sets(sets.numpy(), np.random.default_rng(0))
+    known = splits.train_labels_known
+    clean = splits.train_y if known else None
+    report = {"spec": "given", "candidate_sets": "from the data", "labels_known": known,
+              **set_report(sets.numpy())}
+    labels = torch.from_numpy(drawn)
+    biased = BiasedData(
+        indices=torch.arange(len(labels)), labels=labels,
+        clean_labels=clean if clean is not None else labels,
+        is_noisy=(labels != clean) if clean is not None else torch.zeros(len(labels), dtype=torch.bool),
+        report=report, candidates=sets,
+    )
+    train = TrainingSet(x=splits.train_x, y=labels, test_x=splits.test_x, test_y=splits.test_y,
+                        num_classes=splits.num_classes, clean_y=clean, candidates=sets)
+    return PreparedData(splits, train, biased, None, None)
 
 
 def check_training_labels(train: TrainingSet) -> None:
@@ -163,7 +196,7 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     it) or ``overwrite`` (start afresh, replacing its files)."""
     if resume or overwrite or not out.exists():
         return
-    previous = [n for n in (METRICS_NAME, CHECKPOINT_NAME, WEIGHTER_DIR, "comparison.json")
+    previous = [n for n in (METRICS_NAME, CHECKPOINT_NAME, WEIGHTER_DIR, "comparison.json", STAGE1_DIR)
                 if (out / n).exists()]
     if previous:
         raise FileExistsError(
@@ -199,7 +232,18 @@ def train_recipe(
     check_training_labels(data.train)
     if recipe.method.spec.publishes:
         load_pyplot()  # now, not while finalising (see load_pyplot)
+    stage1 = None
+    if recipe.regime.name == "partial":
+        stage1 = proden_stage(
+            build_checked_model(recipe.model, data.splits, recipe.seed), data, recipe.schedule,
+            out / STAGE1_DIR, seed=recipe.seed, device=device, resume=resume, progress=progress,
+            weighter=recipe.regime.proden_weighter,
+        )
+        data = stage1.data
+        check_training_labels(data.train)
     model = build_checked_model(recipe.model, data.splits, recipe.seed)
+    if stage1 is not None:
+        model = stage1.init(model, recipe.regime.stage2_init)
     method.bind(RunContext(data.splits.num_classes, data.meta_x, data.meta_y, recipe.seed))
     trainer = Trainer(
         model, data.train, recipe.schedule, device=device, seed=recipe.seed, out_dir=out,
@@ -221,7 +265,11 @@ def train_recipe(
         "recipe": recipe.to_dict(), "data": data.report(), "command": command,
         "device": str(trainer.device), "environment": environment(),
     })
-    write_json(out / METRICS_NAME, {"method": recipe.method.name, "final": metrics, "history": history})
+    results: dict[str, Any] = {"method": recipe.method.name, "final": metrics, "history": history}
+    if stage1 is not None:
+        results["proden"] = {"final": final_metrics(stage1.history), "history": stage1.history,
+                             **data.bias.report["proden"]}
+    write_json(out / METRICS_NAME, results)
     return metrics
 
 
@@ -232,13 +280,18 @@ def apply_weighter(
     baselines: tuple[str, ...] = (), root: str | None = None, device: str | None = None,
     resume: bool = False, overwrite: bool = False, progress: bool = True,
     weights_report: bool = False, revision: str | None = None, command: str | None = None,
-    loss: str = "auto",
+    loss: str = "auto", regime: str = "supervised", stage2_init: str = "scratch",
 ) -> dict[str, Any]:
     """Train on a new biased dataset with the frozen weighter and with each baseline (same
     data, model, schedule and seed); returns the comparison and writes it to
     ``comparison.json``.  Every input is validated before anything is written; an
     ``out_dir`` holding a previous comparison needs ``resume`` or ``overwrite``. ``loss``:
-    the weighted loss (``auto``: the one the weighter was trained with, ``ce`` or ``sl``)."""
+    the weighted loss (``auto``: the one the weighter was trained with, ``ce`` or ``sl``).
+
+    ``regime = "partial"``: PRODEN runs once on the candidate sets (``out/proden``; it is the
+    ``proden`` baseline), then the weighter and the other baselines train on its predicted
+    labels, starting from PRODEN's model (``stage2_init = "proden"``) or afresh
+    (``"scratch"``); the comparison adds ``gain_over_proden``."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
     if schedule.epochs < 1 or schedule.batch_size < 1:
@@ -261,15 +314,29 @@ def apply_weighter(
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)
     build_checked_model(model, data.splits, seed)
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; one of {REGIMES}")
+    if regime == "partial" and data.train.candidates is None:
+        raise ValueError("the partial regime needs partial-label data: a bias partial:q or "
+                         "partial-pair:q, or an npz file with candidate sets S")
     out = Path(out_dir)
     check_output_dir(out, resume=resume, overwrite=overwrite)
     rank, _ = distributed.rank_and_world()
     runs: dict[str, dict[str, Any]] = {}
     sample_weights = None
+    stage1 = None
+    if regime == "partial":
+        stage1 = proden_stage(build_checked_model(model, data.splits, seed), data, schedule,
+                              out / STAGE1_DIR, seed=seed, device=device, resume=resume,
+                              progress=progress)
+        runs["proden"] = final_metrics(stage1.history)
+        baselines = tuple(b for b in baselines if b != "proden")
+        data = stage1.data
     for method in ("weighter", *baselines):
         runner = frozen() if method == "weighter" else build_method(method)
+        net = build_checked_model(model, data.splits, seed)
         trainer = Trainer(
-            build_checked_model(model, data.splits, seed), data.train, schedule, device=device,
+            net if stage1 is None else stage1.init(net, stage2_init), data.train, schedule, device=device,
             seed=seed, out_dir=out / method, progress=progress,
             record_weights=weights_report and method == "weighter" and not is_loss, desc=f"apply [{method}]",
         )
@@ -285,8 +352,11 @@ def apply_weighter(
         "data": data.report(), "model": model, "schedule": asdict(schedule), "seed": seed,
         "runs": {m: {k: v for k, v in r.items() if k != "per_class_acc"} for m, r in runs.items()},
         "gain_over_ce": (runs["weighter"]["test_acc"] - runs["ce"]["test_acc"]) if "ce" in runs else None,
+        "regime": regime,
         "command": command, "environment": environment(),
     }
+    if regime == "partial":
+        comparison["gain_over_proden"] = runs["weighter"]["test_acc"] - runs["proden"]["test_acc"]
     if sample_weights is not None and rank == 0:
         comparison["weights"] = _write_weights_report(out / "weights.csv", data, sample_weights)
     if rank == 0:
@@ -314,13 +384,21 @@ def train_with_baselines(
 ) -> dict[str, dict[str, Any]]:
     """Train each baseline method on identical data and seed (into ``out/baselines/NAME``),
     then the recipe itself; the CE baseline's metrics go into the weighter's card.
-    Returns final metrics by method name (the recipe's under its method name)."""
+    Returns final metrics by method name (the recipe's under its method name). In the
+    partial regime the first row is stage 1 (``proden``), the others are stage 2 on its
+    predicted labels (``proden+NAME``)."""
+    partial = recipe.regime.name == "partial"
     results: dict[str, dict[str, Any]] = {}
     for name in baselines:
+        if partial and name == "proden":
+            continue  # stage 1 of every partial-regime run
         baseline = recipe.with_method(name)
         baseline.validate()
         results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name, **kwargs)
     ce = results.get("ce")
     summary = None if ce is None else {k: v for k, v in ce.items() if k != "per_class_acc"}
     results[recipe.method.name] = train_recipe(recipe, out_dir, baseline=summary, **kwargs)
-    return results
+    if not partial or distributed.rank_and_world()[0] != 0:
+        return results
+    stage1 = json.loads((Path(out_dir) / METRICS_NAME).read_text(encoding="utf-8"))["proden"]["final"]
+    return {"proden": stage1, **{f"proden+{name}": value for name, value in results.items()}}

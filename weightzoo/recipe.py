@@ -8,6 +8,8 @@
     [method.meta] meta-learning options of a meta method (``[meta]`` at the top level is
                   the same table, as recipes before 0.2 wrote it)
     [schedule]    epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs
+    [regime]      name = "supervised" (default) or "partial" (PRODEN, then [method] on its
+                  predicted labels; ``weightzoo.partial_regime``), proden_weighter
     imports = ["my_pkg.methods"]   modules imported first (they register their own methods)
 
 The ``[method]`` table is validated by the method's registered config dataclass; unknown
@@ -26,6 +28,7 @@ from typing import Any
 
 from weightzoo.methods.base import Method
 from weightzoo.methods.registry import MethodSpec, config_dict, method_spec
+from weightzoo.partial_regime import RegimeSection
 from weightzoo.training.engine import Schedule
 from weightzoo.typed_tables import build_dataclass
 
@@ -76,9 +79,10 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
     method: MethodChoice = field(default_factory=MethodChoice.default)
     schedule: Schedule = field(default_factory=Schedule)
+    regime: RegimeSection = field(default_factory=RegimeSection)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: asdict(getattr(self, f.name)) if f.name in ("data", "schedule")
+        out = {f.name: asdict(getattr(self, f.name)) if f.name in ("data", "schedule", "regime")
                else getattr(self, f.name) for f in fields(self)}
         out["method"] = config_dict(self.method.name, self.method.config)
         return out
@@ -88,7 +92,7 @@ class Recipe:
         at its default config (a baseline)."""
         data = replace(self.data, meta_per_class=self.held_out_per_class())
         return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
-                      MethodChoice.default(name), self.schedule)
+                      MethodChoice.default(name), self.schedule, self.regime)
 
     def held_out_per_class(self, method: Method | None = None) -> int:
         """Clean samples per class held out of training as the meta set (``method``: the
@@ -115,6 +119,9 @@ class Recipe:
             raise ValueError(f"{where}: data.meta_per_class must be >= 0")
         if self.schedule.warmup_epochs < 0 or self.schedule.lr <= 0:
             raise ValueError(f"{where}: schedule.warmup_epochs must be >= 0 and schedule.lr > 0")
+        if self.regime.name == "partial" and self.held_out_per_class() > 0:
+            raise ValueError(f"{where}: partial-label data has no clean labels to hold out as a meta "
+                             "set: use meta.source = 'train' (CMW-Net §4.2)")
         check = getattr(self.method.config, "validate", None)
         if check is not None:
             try:

@@ -4,7 +4,9 @@ A bias spec is ``none`` or stages joined by ``+``, e.g. ``longtail:50+symmetric:
 Long-tail subsampling always runs first (on the clean labels), then the noise stages in
 the order given; each noise stage acts on every kept sample's *current* label, so a later
 stage is overlaid on an earlier one (CMW-Net Table V).  A sample is noisy when its final
-label differs from its clean label.
+label differs from its clean label.  A partial-label stage (``partial:q``,
+``partial-pair:q``; :mod:`weightzoo.data.partial`) gives every sample a candidate set
+instead, and composes with long-tail only.
 
 - ``symmetric:p``: with probability p the label moves to a *different* class drawn
   uniformly, so the realised rate is about p.
@@ -40,8 +42,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightzoo.data.partial import PARTIAL_KINDS, candidate_sets, draw_from_sets, set_report
+
 NOISE_KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "pairflip", "instance")
-BIAS_KINDS: tuple[str, ...] = ("longtail", *NOISE_KINDS)
+BIAS_KINDS: tuple[str, ...] = ("longtail", *NOISE_KINDS, *PARTIAL_KINDS)
 INSTANCE_FIT_MAX = 10_000
 
 _MNIST_MAP = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
@@ -96,7 +100,7 @@ class BiasStage:
         if self.kind == "longtail" and self.value < 1:
             raise ValueError(f"longtail imbalance factor must be >= 1, got {self.value}")
         if self.kind != "longtail" and not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"{self.kind} noise rate must be in [0, 1], got {self.value}")
+            raise ValueError(f"{self.kind} rate must be in [0, 1], got {self.value}")
 
     def __str__(self) -> str:
         return f"{self.kind}:{_format_value(self.value)}"
@@ -117,6 +121,10 @@ class BiasSpec:
         longtail = [s for s in self.stages if s.kind == "longtail"]
         if len(longtail) > 1:
             raise ValueError("a bias spec may contain at most one longtail stage")
+        partial = [s for s in self.stages if s.kind in PARTIAL_KINDS]
+        if len(partial) > 1 or (partial and len(partial) + len(longtail) < len(self.stages)):
+            raise ValueError("a partial-label stage combines with longtail only (one partial stage, "
+                             "no label noise)")
         self.stages = tuple(longtail) + tuple(s for s in self.stages if s.kind != "longtail")
 
     @classmethod
@@ -146,7 +154,12 @@ class BiasSpec:
 
     @property
     def noise_stages(self) -> tuple[BiasStage, ...]:
-        return tuple(s for s in self.stages if s.kind != "longtail")
+        return tuple(s for s in self.stages if s.kind in NOISE_KINDS)
+
+    @property
+    def partial(self) -> BiasStage | None:
+        """The partial-label stage, if any."""
+        return next((s for s in self.stages if s.kind in PARTIAL_KINDS), None)
 
     def __str__(self) -> str:
         return "+".join(str(s) for s in self.stages) or "none"
@@ -161,6 +174,8 @@ class BiasedData:
     clean_labels: (n,) long, their true labels.
     is_noisy: (n,) bool, ``labels != clean_labels``.
     report: JSON-able summary (spec, seed, realised rates and counts).
+    candidates: (n, C) bool candidate sets of a partial-label stage (``labels`` is then a
+        uniform draw from each set), else None.
     """
 
     indices: Tensor
@@ -168,6 +183,7 @@ class BiasedData:
     clean_labels: Tensor
     is_noisy: Tensor
     report: dict[str, Any]
+    candidates: Tensor | None = None
 
 
 def inject_bias(
@@ -189,6 +205,7 @@ def inject_bias(
     indices = np.arange(len(y_np))
     if spec.longtail is not None:
         indices = longtail_indices(y_np, num_classes, spec.longtail, rngs.pop(0))
+    partial_rng = rngs.pop() if spec.partial is not None else None
     clean = y_np[indices]
     labels = clean.copy()
     used_map = None
@@ -210,6 +227,11 @@ def inject_bias(
             new = _mapped(labels, num_classes, mapping, stage.value, rng)
         stage_reports.append({"stage": str(stage), "changed": int((new != labels).sum())})
         labels = new
+    sets = None
+    if spec.partial is not None and partial_rng is not None:
+        sets = candidate_sets(clean, num_classes, spec.partial.kind, spec.partial.value, partial_rng)
+        labels = draw_from_sets(sets, partial_rng)
+        stage_reports.append({"stage": str(spec.partial), **set_report(sets)})
     is_noisy = labels != clean
     report = _report(spec, seed, dataset, used_map, len(y_np), clean, labels, num_classes)
     report["stages"] = stage_reports
@@ -219,6 +241,7 @@ def inject_bias(
         clean_labels=torch.from_numpy(clean.astype(np.int64)),
         is_noisy=torch.from_numpy(is_noisy),
         report=report,
+        candidates=None if sets is None else torch.from_numpy(sets),
     )
 
 

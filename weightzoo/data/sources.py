@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightzoo.data.partial import check_candidates, draw_from_sets
 from weightzoo.weighting.families import integer_labels
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -43,7 +44,8 @@ DATASET_DESCRIPTIONS: dict[str, str] = {
     "cifar10": "CIFAR-10 (50k/10k, 32x32x3) from a torchvision-format directory in root",
     "cifar100": "CIFAR-100 (50k/10k, 32x32x3) from a torchvision-format directory in root",
     "imagefolder:PATH": "class-per-folder images (train/ and test/ if present), RGB, resized",
-    "npz:PATH": "arrays X, y (optional X_test, y_test, classes) from an .npz file",
+    "npz:PATH": "arrays X, y (optional X_test, y_test, classes; S candidate sets beside or "
+                "instead of y) from an .npz file",
 }
 
 
@@ -57,6 +59,9 @@ class DataSplits:
     input_shape: per-sample shape, ``train_x.shape[1:]``.
     classes: class names, ``len(classes) == num_classes``.
     source: where the data was loaded from (provenance).
+    train_candidates: (N, num_classes) bool candidate-label sets (partial labels from an
+        npz ``S``), else None; ``train_labels_known``: False when the file gave ``S`` without
+        ``y`` (``train_y`` is then a seeded uniform draw from each set).
     """
 
     name: str
@@ -68,6 +73,8 @@ class DataSplits:
     input_shape: tuple[int, ...]
     classes: list[str]
     source: str
+    train_candidates: Tensor | None = None
+    train_labels_known: bool = True
 
 
 @dataclass
@@ -80,6 +87,8 @@ class _Raw:
     test_y: np.ndarray | None
     classes: list[str]
     source: str
+    candidates: np.ndarray | None = None
+    labels_known: bool = True
 
 
 def list_datasets() -> list[str]:
@@ -114,10 +123,14 @@ def load_dataset(
 
 
 def _finalize(name: str, raw: _Raw, seed: int, test_fraction: float) -> DataSplits:
-    x, y, test_x, test_y = raw.x, raw.y, raw.test_x, raw.test_y
+    x, y, test_x, test_y, sets = raw.x, raw.y, raw.test_x, raw.test_y, raw.candidates
     if test_x is None or test_y is None:
+        if not raw.labels_known:
+            raise ValueError(f"{name}: candidate sets S without labels y need a labelled test split "
+                             "(X_test, y_test) to evaluate on")
         train_idx, test_idx = stratified_split(y, test_fraction, seed)
         x, y, test_x, test_y = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        sets = None if sets is None else sets[train_idx]
         if len(test_y) == 0 or len(y) == 0:
             raise ValueError(
                 f"{name}: {len(raw.y)} samples leave an empty {'test' if len(y) else 'training'} "
@@ -134,6 +147,8 @@ def _finalize(name: str, raw: _Raw, seed: int, test_fraction: float) -> DataSpli
         input_shape=tuple(train_t.shape[1:]),
         classes=raw.classes,
         source=raw.source,
+        train_candidates=None if sets is None else torch.from_numpy(sets),
+        train_labels_known=raw.labels_known,
     )
 
 
@@ -328,9 +343,15 @@ def _load_npz(path: Path) -> _Raw:
         raise FileNotFoundError(f"npz file {path} does not exist")
     with np.load(path, allow_pickle=False) as arrays:
         data = {k: arrays[k] for k in arrays.files}
-    missing = {"X", "y"} - set(data)
+    arrays_given = set(data)
+    missing = {"X", "y" if "S" not in data else "S"} - set(data)
     if missing:
-        raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs X and y")
+        raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs X and y (or S)")
+    if "y" not in data:  # partial labels only: y stands for a uniform draw from each set
+        sets = data["S"]
+        if sets.ndim != 2 or not np.isin(sets, (0, 1)).all() or not sets.any(1).all():
+            raise ValueError(f"{path}: S must be 0/1 of shape (N, C) with no empty set")
+        data["y"] = draw_from_sets(sets.astype(bool), np.random.default_rng(0))
     if ("X_test" in data) != ("y_test" in data):
         raise ValueError(f"{path}: give both X_test and y_test or neither")
     splits = [("X", "y")] + ([("X_test", "y_test")] if "X_test" in data else [])
@@ -363,7 +384,13 @@ def _load_npz(path: Path) -> _Raw:
     if top > len(classes):
         raise ValueError(f"{path}: label {top - 1} out of range for {len(classes)} classes")
     test_x, test_y = (data["X_test"], ys[1]) if len(splits) == 2 else (None, None)
-    return _Raw(data["X"], ys[0], test_x, test_y, classes, str(path))
+    sets = None
+    if "S" in data:
+        known = "y" in arrays_given
+        sets = check_candidates(data["S"], len(classes), ys[0] if known else None, where=f"{path}: S")
+        if len(sets) != len(ys[0]):
+            raise ValueError(f"{path}: S has {len(sets)} rows but X has {len(ys[0])}")
+    return _Raw(data["X"], ys[0], test_x, test_y, classes, str(path), sets, "y" in arrays_given)
 
 
 _LOADERS: dict[str, Callable[[Path | None], _Raw]] = {

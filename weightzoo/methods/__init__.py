@@ -1,7 +1,8 @@
 """Training methods, one module each, registered by name: the contract in ``base``, the
 registry in ``registry``. Importing this package registers the built-in methods: ``ce``,
 ``focal``, ``gce``, ``sce``, ``class-balanced`` (``plain``), ``frozen`` (a pretrained
-weighter) and ``mwnet`` / ``cmwnet`` (``meta_weighting``). A method defined elsewhere
+weighter), ``mwnet`` / ``cmwnet`` (``meta_weighting``), ``cmwnet-sl``, ``l2rw``, ``arl`` and
+``proden`` (partial labels). A method defined elsewhere
 registers itself the same way (see the README, "Adding a method")."""
 
 from weightzoo.methods import (  # noqa: F401 - registers the built-ins
@@ -9,6 +10,7 @@ from weightzoo.methods import (  # noqa: F401 - registers the built-ins
     l2rw,
     meta_weighting,
     plain,
+    proden,
     robust_loss,
     soft_labels,
 )

@@ -57,7 +57,8 @@ class Schedule:
 @dataclass
 class TrainingSet:
     """x (N, ...), y (N,) labels as given (possibly noisy); test split; optional clean
-    labels (N,) for reports when the bias was injected."""
+    labels (N,) for reports when the bias was injected (never read by training); optional
+    candidate-label sets (N, C) bool of partial-label data."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -65,6 +66,7 @@ class TrainingSet:
     test_y: torch.Tensor
     num_classes: int
     clean_y: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -73,6 +75,9 @@ class TrainingSet:
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{len(self.x)} training inputs but {len(self.y)} labels")
+        if self.candidates is not None and tuple(self.candidates.shape) != (len(self.y), self.num_classes):
+            raise ValueError(f"candidate sets of shape {tuple(self.candidates.shape)} for "
+                             f"{len(self.y)} samples of {self.num_classes} classes")
 
 
 def resolve_device(device: str | None) -> torch.device:
