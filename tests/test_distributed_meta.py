@@ -8,12 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_distributed import torchrun
 from torch import nn
 
 from weightzoo.bilevel.estimators import BilevelProblem, build_estimator
+from weightzoo.data.partial import candidate_sets
 from weightzoo.methods.base import RunContext
 from weightzoo.methods.meta_weighting import (
     MetaConfig,
@@ -92,6 +94,7 @@ def worker(out: Path) -> None:
     resumed, resumed_method = meta_training(out / "resumed", epochs=2, resume=True)
     fixed, _ = meta_training(None, epochs=2, meta_lr=0.0)
     others = {name: other_method(name) for name in ("cmwnet-sl", "l2rw", "arl")}
+    proden_q = proden_training()
     disagree = digits_like()
     if rank == 1:  # this rank's data knows a class the other does not
         disagree = TrainingSet(disagree.x, disagree.y.clone().fill_(0), disagree.test_x, disagree.test_y, 5)
@@ -103,7 +106,7 @@ def worker(out: Path) -> None:
     torch.save({"grads": grads, "weighter": weighter, "model": trainer.module.state_dict(),
                 "history": trainer.history, "resumed_weighter": resumed_method.weighter.state_dict(),
                 "resumed_model": resumed.module.state_dict(), "fixed_model": fixed.module.state_dict(),
-                "others": others, "refusal": refusal}, out / f"rank{rank}.pt")
+                "others": others, "refusal": refusal, "proden_q": proden_q}, out / f"rank{rank}.pt")
 
 
 def other_method(name: str) -> dict:
@@ -118,6 +121,20 @@ def other_method(name: str) -> dict:
     trainer.fit(method)
     learner = method.learner.state_dict() if method.learner is not None else {}
     return {"learner": learner, "model": trainer.module.state_dict(), "history": trainer.history}
+
+
+def proden_training() -> torch.Tensor:
+    """Two epochs of PRODEN on candidate sets of ``digits_like``; its label distributions q."""
+    data = digits_like()
+    sets = candidate_sets(data.y.numpy(), len(COUNTS), "partial", 0.4, np.random.default_rng(0))
+    data = TrainingSet(data.x, data.y, data.test_x, data.test_y, len(COUNTS),
+                       candidates=torch.from_numpy(sets))
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, len(COUNTS)))
+    method = build_method("proden")
+    Trainer(model, data, Schedule(epochs=2, batch_size=36, lr=0.1, amp=False), device="cpu",
+            progress=False).fit(method)
+    return method.q
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +193,13 @@ def test_two_processes_train_like_one(ranks: list[dict]) -> None:
         torch.testing.assert_close(ranks[0]["fixed_model"][key], value, rtol=1e-4, atol=1e-5)
     learned, _ = meta_training(None, epochs=2)
     assert abs(learned.history[-1]["test_acc"] - ranks[0]["history"][-1]["test_acc"]) < 0.25
+
+
+def test_proden_ranks_share_every_update_of_q(ranks: list[dict]) -> None:
+    """Each rank updates q for its shard and gathers the others': every rank holds all of q,
+    the same as one process does (up to the rounding of the averaged gradients)."""
+    assert torch.equal(ranks[0]["proden_q"], ranks[1]["proden_q"])
+    torch.testing.assert_close(ranks[0]["proden_q"], proden_training(), rtol=1e-3, atol=1e-4)
 
 
 def test_batch_that_does_not_divide_is_refused(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from weightzoo.bilevel.estimators import (
 from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
 from weightzoo.bilevel.metaset import MetaSet, MetaSetConfig, VirtualStepConfig
 from weightzoo.data.bias import BiasSpec, inject_bias
+from weightzoo.data.partial import candidate_sets, check_candidates
 from weightzoo.data.sources import DataSplits, list_datasets, load_dataset
 from weightzoo.losses import LOSS_NAMES, per_sample_loss
 from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
@@ -35,8 +36,10 @@ from weightzoo.methods.bilevel import BilevelMethod
 from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
+from weightzoo.methods.proden import Proden, ProdenConfig
 from weightzoo.methods.registry import MethodSpec, build_method, method_names, method_spec, register_method
 from weightzoo.models import build_model, list_models
+from weightzoo.partial_regime import RegimeSection
 from weightzoo.pipeline import apply_weighter, prepare_data, train_recipe, train_with_baselines
 from weightzoo.recipe import Recipe, load_recipe
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
@@ -53,10 +56,10 @@ __all__ = [
     "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
-    "PlainLoss", "Provenance", "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
+    "PlainLoss", "Proden", "ProdenConfig", "Provenance", "RegimeSection", "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
     "TaskFamilies", "Trainer", "TrainingSet", "WeightedLoss", "WeighterConfig", "WeighterFileError",
     "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
-    "build_weighter", "class_counts", "estimator_names", "inject_bias", "list_datasets",
+    "build_weighter", "candidate_sets", "check_candidates", "class_counts", "estimator_names", "inject_bias", "list_datasets",
     "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",
     "method_names", "method_spec", "per_sample_loss", "prepare_data", "push_to_hub",
     "reduce_weighted", "register_estimator", "register_method", "resolve", "save_artifact",
