@@ -181,7 +181,8 @@ def _provenance(
     return Provenance(
         name=recipe.name, description=recipe.description,
         source={"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
-                "n_train": len(data.train.y), "n_meta": data.report()["n_meta"]},
+                "n_train": len(data.train.y), "n_meta": data.report()["n_meta"],
+                "regime": asdict(recipe.regime)},
         method={**recipe.to_dict()["method"], **method.provenance(), "schedule": asdict(recipe.schedule),
                 "model": recipe.model},
         families={} if families is None else {

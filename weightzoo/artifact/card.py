@@ -30,6 +30,8 @@ def card_tags(weighter: Artifact) -> list[str]:
         tags.append("noisy-labels")
     if "longtail" in bias:
         tags.append("long-tail")
+    if "partial" in bias:
+        tags.append("partial-labels")
     return tags
 
 
