@@ -12,6 +12,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from weightzoo.artifact.card import card_tags
+from weightzoo.artifact.format import Provenance, load_artifact
 from weightzoo.cli.main import cli
 from weightzoo.data.bias import BiasSpec, inject_bias
 from weightzoo.data.partial import candidate_sets, check_candidates, expected_set_size
@@ -154,7 +156,10 @@ def test_partial_recipe_runs_both_stages(tmp_path: Path) -> None:
     assert 0.5 < metrics["proden"]["label_acc"] <= 1.0
     assert len(metrics["proden"]["history"]) == 2
     assert (tmp_path / "run" / "proden" / "checkpoint.pt").exists()
-    assert (tmp_path / "run" / "weighter" / "model.safetensors").exists()
+    weighter = load_artifact(tmp_path / "run" / "weighter")
+    source = Provenance.from_metadata(weighter.config.metadata).source
+    assert source["regime"]["name"] == "partial" and "proden" in source["bias_report"]
+    assert "partial-labels" in card_tags(weighter)
 
 
 def test_partial_regime_refuses_a_clean_meta_set() -> None:
