@@ -89,6 +89,9 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
     click.echo(options.format_table([{"method": m, **r} for m, r in result["runs"].items()], ACC_COLUMNS))
     if result["gain_over_ce"] is not None:
         click.echo(f"gain over CE: {100 * result['gain_over_ce']:+.2f} points")
+    if result["families"] is not None:
+        fam = result["families"]
+        click.echo(f"families on {dataset}: {fam['family_of_class']} ({fam['reason']})")
     if "gain_over_proden" in result:
         label_acc = result["data"]["bias"]["proden"]["label_acc"]
         known = "" if label_acc is None else f"; PRODEN's predicted labels {100 * label_acc:.2f}% correct"

@@ -159,4 +159,27 @@ def test_to_device_and_to_dict() -> None:
         "centers": list(fam.centers),
         "family_of_class": [0, 0, 1, 1, 2, 2],
         "class_counts": COUNTS,
+        "reason": "k-means on the class counts",
     }
+
+
+def test_nearly_balanced_noisy_counts_give_one_family() -> None:
+    """Class sizes that differ by sampling or symmetric noise only (here 107..144, the counts
+    on which a CMW-Net once lost 11.67 points by splitting classes over its heads at random)
+    all go to the middle head; the reason says so."""
+    counts = [107, 144, 121, 131, 112, 139, 126, 118, 135, 110]
+    fam = TaskFamilies.fit(counts, num_families=3)
+    assert _families(fam) == [1] * 10
+    assert fam.centers[0] is None and fam.centers[2] is None
+    assert fam.centers[1] == pytest.approx(np.mean(counts))
+    assert "equal sizes" in fam.reason and "1.35" in fam.reason
+
+
+@pytest.mark.parametrize("counts", [
+    [500, 500, 300, 300, 100, 100],               # long tail
+    [3600, 6000, 8400, 6000, 6000, 3600, 6000, 8400, 6000, 6000],  # 40% asymmetric noise shifts
+])
+def test_clearly_imbalanced_counts_still_give_k_families(counts: list[int]) -> None:
+    fam = TaskFamilies.fit(counts, num_families=3)
+    assert sorted(set(_families(fam))) == [0, 1, 2]
+    assert fam.reason == "k-means on the class counts"

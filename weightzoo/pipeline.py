@@ -186,7 +186,8 @@ def _provenance(
         method={**recipe.to_dict()["method"], **method.provenance(), "schedule": asdict(recipe.schedule),
                 "model": recipe.model},
         families={} if families is None else {
-            "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist()},
+            "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist(),
+            "reason": families.reason},
         metrics={k: v for k, v in metrics.items() if k != "per_class_acc"},
         baseline=baseline or {}, command=command, seed=recipe.seed,
     )
@@ -324,7 +325,7 @@ def apply_weighter(
     check_output_dir(out, resume=resume, overwrite=overwrite)
     rank, _ = distributed.rank_and_world()
     runs: dict[str, dict[str, Any]] = {}
-    sample_weights = None
+    sample_weights = families = None
     stage1 = None
     if regime == "partial":
         stage1 = proden_stage(build_checked_model(model, data.splits, seed), data, schedule,
@@ -348,12 +349,14 @@ def apply_weighter(
                                                      "history": history})
         if method == "weighter":
             sample_weights = trainer.sample_weights
+            weighting = getattr(runner, "weighting", None)  # a weighter's families on this data
+            families = None if weighting is None or weighting.families is None else weighting.families.to_dict()
     comparison = {
         "weighter": weighter_name, "weighter_config": weighter.config.to_dict(),
         "data": data.report(), "model": model, "schedule": asdict(schedule), "seed": seed,
         "runs": {m: {k: v for k, v in r.items() if k != "per_class_acc"} for m, r in runs.items()},
         "gain_over_ce": (runs["weighter"]["test_acc"] - runs["ce"]["test_acc"]) if "ce" in runs else None,
-        "regime": regime,
+        "regime": regime, "families": families,
         "command": command, "environment": environment(),
     }
     if regime == "partial":
