@@ -349,8 +349,8 @@ def apply_weighter(
                                                      "history": history})
         if method == "weighter":
             sample_weights = trainer.sample_weights
-            weighting = getattr(runner, "weighting", None)  # a weighter's families on this data
-            families = None if weighting is None or weighting.families is None else weighting.families.to_dict()
+            fitted = getattr(getattr(runner, "weighting", None), "families", None)  # a weighter's
+            families = None if fitted is None else fitted.to_dict()
     comparison = {
         "weighter": weighter_name, "weighter_config": weighter.config.to_dict(),
         "data": data.report(), "model": model, "schedule": asdict(schedule), "seed": seed,
