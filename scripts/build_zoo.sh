@@ -16,7 +16,6 @@ declare -A ZOO=(
   [cmwnet-fmnist-mixed]=fmnist-mixed-cmwnet
   [cmwnet-sl-fmnist-sym40]=fmnist-sym40-cmwnet-sl
   [arl-gce-fmnist-sym40]=fmnist-sym40-arl-gce
-  [cmwnet-fmnist-partial30]=fmnist-partial30-cmwnet
 )
 for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
