@@ -83,8 +83,8 @@ def main() -> None:
     summary = {}
     for q in args.qs:
         rows = [collect(args.runs / f"q{q}" / f"seed{s}") for s in args.seeds]
-        summary[str(q)] = {key: mean_std([r[key] for r in rows])
-                           for key in (*COLUMNS, "proden+cmwnet_best", "label_acc") if rows[0][key] is not None}
+        keys = (*COLUMNS, "proden+cmwnet_best", "label_acc")
+        summary[str(q)] = {key: mean_std([r[key] for r in rows]) for key in keys if rows[0][key] is not None}
         summary[str(q)]["per_seed"] = rows
     result = {"machine": machine(), "seeds": args.seeds, "recipe": RECIPE,
               "zoo_weighter": None if args.meta_only else args.zoo,
