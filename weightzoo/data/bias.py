@@ -100,7 +100,8 @@ class BiasStage:
         if self.kind == "longtail" and self.value < 1:
             raise ValueError(f"longtail imbalance factor must be >= 1, got {self.value}")
         if self.kind != "longtail" and not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"{self.kind} rate must be in [0, 1], got {self.value}")
+            what = "noise rate" if self.kind in NOISE_KINDS else "candidate probability q"
+            raise ValueError(f"{self.kind} {what} must be in [0, 1], got {self.value}")
 
     def __str__(self) -> str:
         return f"{self.kind}:{_format_value(self.value)}"
