@@ -12,13 +12,12 @@ differences for CMW-Net).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs
+from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs, write_results
 from weightzoo.artifact.format import load_artifact
 
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
@@ -77,10 +76,7 @@ def main() -> None:
     result = {"machine": machine(), "seeds": args.seeds, "recipes": args.recipes,
               "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:]),
               "summary": summary}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.results.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    write_results(args.results, result, markdown)
 
 
 def markdown(result: dict) -> str:

@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,15 @@ def machine() -> dict[str, Any]:
     return {"date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "device": "cpu"}
+
+
+def write_results(path: Path, result: dict[str, Any], markdown: Callable[[dict], str]) -> None:
+    """Write ``result`` to PATH.json and its markdown table to PATH.md, and print the table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -14,11 +14,10 @@ predicted training labels.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs
+from benchmarks.common import machine, mean_std, pm, read_json, run_jobs, write_results
 
 RECIPE = "mnist5k-partial30-cmwnet"
 ZOO = "cmwnet-fmnist-partial30"
@@ -89,10 +88,7 @@ def main() -> None:
     result = {"machine": machine(), "seeds": args.seeds, "recipe": RECIPE,
               "zoo_weighter": None if args.meta_only else args.zoo,
               "command": "python -m benchmarks.partial " + " ".join(sys.argv[1:]), "summary": summary}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.results.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    write_results(args.results, result, markdown)
 
 
 def markdown(result: dict) -> str:

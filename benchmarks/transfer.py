@@ -10,11 +10,10 @@ Writes benchmarks/results/transfer_mnist5k.json and .md (mean ± std over seeds)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs
+from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs, write_results
 
 # target bias -> the zoo weighter trained on the matching bias (the general-purpose
 # mixed-noise CMW-Net is applied to every target as well)
@@ -78,10 +77,7 @@ def main() -> None:
                          - rows[best]["test_acc"]["mean"]}
     result = {"machine": machine(), "seeds": args.seeds, "apply_args": APPLY,
               "command": "python -m benchmarks.transfer " + " ".join(sys.argv[1:]), "summary": summary}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.results.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    write_results(args.results, result, markdown)
 
 
 def markdown(result: dict) -> str:

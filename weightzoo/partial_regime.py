@@ -82,9 +82,6 @@ def proden_stage(
     device: str | None, resume: bool, progress: bool, weighter: str = "",
 ) -> ProdenStage:
     """Train PRODEN on ``data``'s candidate sets into ``out_dir`` (checkpointed, resumable)."""
-    if data.train.candidates is None:
-        raise ValueError("the partial regime needs partial-label data: a bias partial:q or "
-                         "partial-pair:q, or an npz file with candidate sets S")
     method = Proden(ProdenConfig(weighter=weighter, family_seed=seed))
     trainer = Trainer(model, data.train, schedule, device=device, seed=seed, out_dir=out_dir,
                       progress=progress, desc="stage 1 [proden]")

@@ -9,7 +9,6 @@ atomically, so a directory with ``metrics.json`` is a complete run.
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from weightzoo.data.partial import draw_from_sets, set_report
 from weightzoo.data.sources import DataSplits, load_dataset
 from weightzoo.methods.base import Method, RunContext, TrainedArtifact
 from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
+from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
 from weightzoo.partial_regime import REGIMES, STAGE1_DIR, proden_stage
@@ -212,7 +212,8 @@ def train_recipe(
     overwrite: bool = False, progress: bool = True, command: str | None = None,
     baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``recipe`` into ``out_dir``; returns the final metrics.
+    """Train ``recipe`` into ``out_dir``; returns the final metrics (in the partial regime
+    with stage 1's under ``"proden"``).
 
     Writes ``checkpoint.pt`` every epoch, then ``weighter/`` (methods that learn a
     weighter), ``curve.png``, ``run.json`` and ``metrics.json``. An ``out_dir`` holding a
@@ -253,9 +254,10 @@ def train_recipe(
     )
     history = trainer.fit(method, resume=resume)
     metrics = final_metrics(history)
+    returned = metrics if stage1 is None else {**metrics, "proden": final_metrics(stage1.history)}
     trained = method.trained_artifact()
     if distributed.rank_and_world()[0] != 0:  # rank 0 writes the run's files
-        return metrics
+        return returned
     if trained is not None:
         artifact = trained.artifact
         artifact.config.metadata = _provenance(
@@ -269,10 +271,10 @@ def train_recipe(
     })
     results: dict[str, Any] = {"method": recipe.method.name, "final": metrics, "history": history}
     if stage1 is not None:
-        results["proden"] = {"final": final_metrics(stage1.history), "history": stage1.history,
+        results["proden"] = {"final": returned["proden"], "history": stage1.history,
                              **data.bias.report["proden"]}
     write_json(out / METRICS_NAME, results)
-    return metrics
+    return returned
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,9 +320,8 @@ def apply_weighter(
     build_checked_model(model, data.splits, seed)
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; one of {REGIMES}")
-    if regime == "partial" and data.train.candidates is None:
-        raise ValueError("the partial regime needs partial-label data: a bias partial:q or "
-                         "partial-pair:q, or an npz file with candidate sets S")
+    if regime == "partial":
+        require_candidate_sets(data.train)  # before anything is written
     out = Path(out_dir)
     check_output_dir(out, resume=resume, overwrite=overwrite)
     rank, _ = distributed.rank_and_world()
@@ -402,7 +403,8 @@ def train_with_baselines(
     ce = results.get("ce")
     summary = None if ce is None else {k: v for k, v in ce.items() if k != "per_class_acc"}
     results[recipe.method.name] = train_recipe(recipe, out_dir, baseline=summary, **kwargs)
-    if not partial or distributed.rank_and_world()[0] != 0:
+    if not partial:
         return results
-    stage1 = json.loads((Path(out_dir) / METRICS_NAME).read_text(encoding="utf-8"))["proden"]["final"]
-    return {"proden": stage1, **{f"proden+{name}": value for name, value in results.items()}}
+    stage2 = {f"proden+{name}": {k: v for k, v in row.items() if k != "proden"}
+              for name, row in results.items()}
+    return {"proden": results[recipe.method.name]["proden"], **stage2}

@@ -348,10 +348,9 @@ def _load_npz(path: Path) -> _Raw:
     if missing:
         raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs X and y (or S)")
     if "y" not in data:  # partial labels only: y stands for a uniform draw from each set
-        sets = data["S"]
-        if sets.ndim != 2 or not np.isin(sets, (0, 1)).all() or not sets.any(1).all():
-            raise ValueError(f"{path}: S must be 0/1 of shape (N, C) with no empty set")
-        data["y"] = draw_from_sets(sets.astype(bool), np.random.default_rng(0))
+        sets = np.asarray(data["S"])
+        sets = check_candidates(sets, sets.shape[-1], where=f"{path}: S")
+        data["y"] = draw_from_sets(sets, np.random.default_rng(0))
     if ("X_test" in data) != ("y_test" in data):
         raise ValueError(f"{path}: give both X_test and y_test or neither")
     splits = [("X", "y")] + ([("X_test", "y_test")] if "X_test" in data else [])

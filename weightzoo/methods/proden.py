@@ -28,7 +28,7 @@ from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
 
 if TYPE_CHECKING:
-    from weightzoo.training.engine import Trainer
+    from weightzoo.training.engine import Trainer, TrainingSet
 
 
 @dataclass
@@ -40,6 +40,14 @@ class ProdenConfig:
     weighter: str = ""
     revision: str | None = None
     family_seed: int = 0
+
+
+def require_candidate_sets(data: TrainingSet) -> torch.Tensor:
+    """The candidate sets (N, C) of ``data``; a one-line error for data without them."""
+    if data.candidates is None:
+        raise ValueError("PRODEN needs partial-label data: a bias partial:q or partial-pair:q, "
+                         "or an npz file with candidate sets S")
+    return data.candidates
 
 
 def restricted_softmax(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
@@ -77,10 +85,7 @@ class Proden(Method):
         return "proden" + (":weighted" if self.weighter is not None else "")
 
     def setup(self, trainer: Trainer) -> None:
-        sets = trainer.data.candidates
-        if sets is None:
-            raise ValueError("proden needs partial-label data: a bias partial:q or partial-pair:q, "
-                             "or an npz file with candidate sets S")
+        sets = require_candidate_sets(trainer.data)
         if trainer.schedule.batch_size % trainer.world:
             raise ValueError(f"the global batch size {trainer.schedule.batch_size} does not divide by "
                              f"the world size {trainer.world}: PRODEN's updates need equal shards")
