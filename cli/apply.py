@@ -8,7 +8,6 @@ import click
 
 from weightzoo.cli import options
 from weightzoo.cli.train import ACC_COLUMNS
-from weightzoo.partial_regime import REGIMES
 from weightzoo.training.engine import Schedule
 
 
@@ -44,11 +43,14 @@ def default_warmup(epochs: int) -> int:
 @click.option("--loss", type=click.Choice(["auto", "ce", "sl"]), default="auto", show_default=True,
               help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, or the "
                    "soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
-@click.option("--regime", type=click.Choice(REGIMES), default="supervised",
+@click.option("--regime", type=click.Choice(["supervised", "partial", "fixmatch"]), default="supervised",
               show_default=True,
               help="partial: PRODEN on the candidate sets first (the 'proden' baseline), then the "
                    "weighter and the baselines on its predicted labels (needs --bias partial:q, "
-                   "partial-pair:q or an npz with S).")
+                   "partial-pair:q or an npz with S). fixmatch: semi-supervised, the weighter as "
+                   "FixMatch's mask (baseline: fixmatch, the threshold mask).")
+@click.option("--labeled-per-class", type=int, default=4, show_default=True,
+              help="fixmatch regime: labelled samples per class (the rest is used without labels).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--resume", is_flag=True, help="Continue the runs in OUT from their checkpoints.")
 @click.option("--weights-report", is_flag=True,
@@ -59,7 +61,8 @@ def default_warmup(epochs: int) -> int:
 @options.run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
           epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
-          augment: bool, revision: str | None, loss: str, regime: str, out: Path, resume: bool,
+          augment: bool, revision: str | None, loss: str, regime: str, labeled_per_class: int,
+          out: Path, resume: bool,
           overwrite: bool, weights_report: bool, baselines: tuple[str, ...], device: str, seed: int | None,
           as_json: bool, no_progress: bool, threads: int | None) -> None:
     """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
@@ -79,7 +82,7 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
         weighter, out, dataset=dataset, bias=bias, model={"name": model_name}, schedule=schedule,
         seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,
         overwrite=overwrite, progress=not no_progress, weights_report=weights_report, revision=revision,
-        command=options.command_line(), loss=loss, regime=regime,
+        command=options.command_line(), loss=loss, regime=regime, labeled_per_class=labeled_per_class,
     )
     if rank_and_world()[0] != 0:
         return
@@ -97,6 +100,9 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
         label_acc = result["data"]["bias"]["proden"]["label_acc"]
         known = "" if label_acc is None else f"; PRODEN's predicted labels {100 * label_acc:.2f}% correct"
         click.echo(f"gain over PRODEN: {100 * result['gain_over_proden']:+.2f} points{known}")
+    if "gain_over_fixmatch" in result:
+        click.echo(f"gain over FixMatch ({labeled_per_class} labels per class): "
+                   f"{100 * result['gain_over_fixmatch']:+.2f} points")
     if "weights" in result:
         w = result["weights"]
         click.echo(f"weights: {out / w['path']} (mean clean {w['mean_weight_clean']}, "

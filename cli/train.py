@@ -66,7 +66,7 @@ def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...]
     click.echo(f"{resolved.name}: {resolved.data.dataset} with bias {resolved.data.bias}, "
                f"model {resolved.model['name']}, seed {resolved.seed}")
     click.echo(format_table(rows, ACC_COLUMNS))
-    if resolved.method.spec.publishes:
+    if (out / "weighter").is_dir():
         click.echo(f"weighter: {out / 'weighter'}  (curve: {out / 'curve.png'})")
 
 

@@ -16,11 +16,15 @@ declare -A ZOO=(
   [cmwnet-fmnist-mixed]=fmnist-mixed-cmwnet
   [cmwnet-sl-fmnist-sym40]=fmnist-sym40-cmwnet-sl
   [arl-gce-fmnist-sym40]=fmnist-sym40-arl-gce
+  [cmwnet-fixmatch4-fmnist]=fmnist-fixmatch4-cmwnet
 )
+# the baseline each entry is trained beside (recorded in its card): CE, except where another
+# is the fair reference (FixMatch's threshold mask for a FixMatch mask)
+declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch)
 for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then
-    "$WZ" train "$recipe" --out "$RUNS/$name" --baseline ce --seed 0 --no-progress --resume \
+    "$WZ" train "$recipe" --out "$RUNS/$name" --baseline "${BASELINE[$name]:-ce}" --seed 0 --no-progress --resume \
       --set "name=\"$name\""
   fi
   rm -rf "pretrained/$name.tmp" && cp -r "$RUNS/$name/weighter" "pretrained/$name.tmp"

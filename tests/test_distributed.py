@@ -68,7 +68,7 @@ def worker(out: Path) -> None:
         strategy = FrozenWeighting(weighter=make_weighter(mode))
         strategy.setup(trainer)
         assert strategy.weighting is not None and strategy.weighting.families is not None
-        index = trainer._batches(0)[0]
+        index = trainer._batches(0, None, trainer.schedule.batch_size)[0]
         batch = Batch(x=data.x[index], y=data.y[index], index=index, epoch=0, iteration=0,
                       lr=0.1, warmup=mode == "plain")
         loss, _ = trainer._step(strategy, batch)

@@ -33,6 +33,13 @@ from weightzoo.data.sources import DataSplits, list_datasets, load_dataset
 from weightzoo.losses import LOSS_NAMES, per_sample_loss
 from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
 from weightzoo.methods.bilevel import BilevelMethod
+from weightzoo.methods.fixmatch import (
+    FixMatch,
+    FixMatchConfig,
+    FixMatchMetaConfig,
+    fixmatch_unlabeled_loss,
+    threshold_mask,
+)
 from weightzoo.methods.frozen import FrozenConfig, FrozenWeighting
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
@@ -43,6 +50,7 @@ from weightzoo.partial_regime import RegimeSection
 from weightzoo.pipeline import apply_weighter, prepare_data, train_recipe, train_with_baselines
 from weightzoo.recipe import Recipe, load_recipe
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
+from weightzoo.training.randaugment import strong_view
 from weightzoo.weighting.families import TaskFamilies, class_counts
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet, MWNet, WeighterConfig, build_weighter
@@ -53,7 +61,8 @@ from weightzoo.weighting.weighted_loss import WeightedLoss
 __all__ = [
     "LOSS_NAMES", "Batch", "BilevelMethod", "LearnedRobustLoss", "MetaSet", "MetaSetConfig",
     "VirtualStepConfig",
-    "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FrozenConfig",
+    "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FixMatch", "FixMatchConfig",
+    "FixMatchMetaConfig", "FrozenConfig",
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
     "PlainLoss", "Proden", "ProdenConfig", "Provenance", "RegimeSection",
@@ -61,6 +70,7 @@ __all__ = [
     "TaskFamilies", "Trainer", "TrainingSet", "WeightedLoss", "WeighterConfig", "WeighterFileError",
     "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
     "build_weighter", "candidate_sets", "check_candidates", "class_counts", "estimator_names",
+    "fixmatch_unlabeled_loss", "strong_view", "threshold_mask",
     "inject_bias", "list_datasets",
     "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",
     "method_names", "method_spec", "per_sample_loss", "prepare_data", "push_to_hub",

@@ -29,6 +29,7 @@ from weightzoo.data.bias import BiasedData, inject_bias
 from weightzoo.data.partial import draw_from_sets, set_report
 from weightzoo.data.sources import DataSplits, load_dataset
 from weightzoo.methods.base import Method, RunContext, TrainedArtifact
+from weightzoo.methods.fixmatch import FixMatch, FixMatchConfig, labeled_split
 from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
 from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
@@ -39,6 +40,7 @@ from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 
+APPLY_REGIMES = (*REGIMES, "fixmatch")
 METRICS_NAME = "metrics.json"
 RUN_NAME = "run.json"
 WEIGHTER_DIR = "weighter"
@@ -285,6 +287,7 @@ def apply_weighter(
     resume: bool = False, overwrite: bool = False, progress: bool = True,
     weights_report: bool = False, revision: str | None = None, command: str | None = None,
     loss: str = "auto", regime: str = "supervised", stage2_init: str = "scratch",
+    labeled_per_class: int = 4,
 ) -> dict[str, Any]:
     """Train on a new biased dataset with the frozen weighter and with each baseline (same
     data, model, schedule and seed); returns the comparison and writes it to
@@ -295,7 +298,12 @@ def apply_weighter(
     ``regime = "partial"``: PRODEN runs once on the candidate sets (``out/proden``; it is the
     ``proden`` baseline), then the weighter and the other baselines train on its predicted
     labels, starting from PRODEN's model (``stage2_init = "proden"``) or afresh
-    (``"scratch"``); the comparison adds ``gain_over_proden``."""
+    (``"scratch"``); the comparison adds ``gain_over_proden``.
+
+    ``regime = "fixmatch"``: semi-supervised training with ``labeled_per_class`` labelled
+    samples per class; the weighter is FixMatch's mask (``fixmatch`` with the weighter) and
+    the one baseline is ``fixmatch`` (its threshold mask); the comparison adds
+    ``gain_over_fixmatch``."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
     if schedule.epochs < 1 or schedule.batch_size < 1:
@@ -307,21 +315,38 @@ def apply_weighter(
         )
     weighter = load_pretrained(weighter_name, revision=revision)
 
+    semi = FixMatchConfig(labeled_per_class=labeled_per_class, family_seed=seed)
+
     def frozen() -> Method:
-        """The frozen artifact as a method: a weighter with its loss, or a learned loss."""
+        """The frozen artifact as a method: a weighter with its loss (or as FixMatch's mask),
+        or a learned loss."""
         if isinstance(weighter, LearnedRobustLoss):
+            if regime == "fixmatch":
+                raise ValueError(f"{weighter_name} is a learned loss: it gives no weights to mask "
+                                 "FixMatch's unlabelled loss with")
             return FrozenLoss(loss=weighter)
+        if regime == "fixmatch":
+            return FixMatch(semi, weighter=weighter)
         return FrozenWeighting(FrozenConfig(family_seed=seed, loss=loss), weighter=weighter)
+
+    def baseline(name: str) -> Method:
+        return FixMatch(semi) if regime == "fixmatch" else build_method(name)
 
     frozen()  # refuses a loss the weighter cannot take, before any work
     is_loss = isinstance(weighter, LearnedRobustLoss)  # a learned loss gives no sample weights
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)
     build_checked_model(model, data.splits, seed)
-    if regime not in REGIMES:
-        raise ValueError(f"unknown regime {regime!r}; one of {REGIMES}")
+    if regime not in APPLY_REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; one of {APPLY_REGIMES}")
     if regime == "partial":
         require_candidate_sets(data.train)  # before anything is written
+    if regime == "fixmatch":
+        others = sorted(set(baselines) - {"fixmatch"})
+        if others:
+            raise ValueError(f"the fixmatch regime compares with the baseline 'fixmatch' (its threshold "
+                             f"mask) only, not {', '.join(others)}")
+        labeled_split(data.train.y, labeled_per_class, data.train.num_classes, seed)
     out = Path(out_dir)
     check_output_dir(out, resume=resume, overwrite=overwrite)
     rank, _ = distributed.rank_and_world()
@@ -336,7 +361,7 @@ def apply_weighter(
         baselines = tuple(b for b in baselines if b != "proden")
         data = stage1.data
     for method in ("weighter", *baselines):
-        runner = frozen() if method == "weighter" else build_method(method)
+        runner = frozen() if method == "weighter" else baseline(method)
         net = build_checked_model(model, data.splits, seed)
         trainer = Trainer(
             net if stage1 is None else stage1.init(net, stage2_init), data.train, schedule, device=device,
@@ -362,6 +387,9 @@ def apply_weighter(
     }
     if regime == "partial":
         comparison["gain_over_proden"] = runs["weighter"]["test_acc"] - runs["proden"]["test_acc"]
+    if regime == "fixmatch" and "fixmatch" in runs:
+        comparison["gain_over_fixmatch"] = runs["weighter"]["test_acc"] - runs["fixmatch"]["test_acc"]
+        comparison["labeled_per_class"] = labeled_per_class
     if sample_weights is not None and rank == 0:
         comparison["weights"] = _write_weights_report(out / "weights.csv", data, sample_weights)
     if rank == 0:
@@ -388,7 +416,8 @@ def train_with_baselines(
     recipe: Recipe, out_dir: str | Path, baselines: tuple[str, ...] = (), **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Train each baseline method on identical data and seed (into ``out/baselines/NAME``),
-    then the recipe itself; the CE baseline's metrics go into the weighter's card.
+    then the recipe itself; the CE baseline's metrics (else the first baseline's) go into the
+    weighter's card.
     Returns final metrics by method name (the recipe's under its method name). In the
     partial regime the first row is stage 1 (``proden``), the others are stage 2 on its
     predicted labels (``proden+NAME``)."""
@@ -400,8 +429,9 @@ def train_with_baselines(
         baseline = recipe.with_method(name)
         baseline.validate()
         results[name] = train_recipe(baseline, Path(out_dir) / "baselines" / name, **kwargs)
-    ce = results.get("ce")
-    summary = None if ce is None else {k: v for k, v in ce.items() if k != "per_class_acc"}
+    reference = "ce" if "ce" in results else next(iter(results), None)  # recorded in the card
+    summary = None if reference is None else {
+        "method": reference, **{k: v for k, v in results[reference].items() if k != "per_class_acc"}}
     results[recipe.method.name] = train_recipe(recipe, out_dir, baseline=summary, **kwargs)
     if not partial:
         return results

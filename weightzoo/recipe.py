@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from weightzoo.methods.base import Method
+from weightzoo.methods.fixmatch import SemiSupervisedConfig
 from weightzoo.methods.registry import MethodSpec, config_dict, method_spec
 from weightzoo.partial_regime import RegimeSection
 from weightzoo.training.engine import Schedule
@@ -89,10 +90,17 @@ class Recipe:
 
     def with_method(self, name: str) -> Recipe:
         """The same run, on the same data (the same meta set held out), with method ``name``
-        at its default config (a baseline)."""
+        at its default config (a baseline); a semi-supervised baseline of a semi-supervised
+        recipe (``fixmatch`` of ``fixmatch-meta``) keeps the recipe's semi-supervised
+        settings (labelled samples per class, mu, lambda_u, threshold, views)."""
         data = replace(self.data, meta_per_class=self.held_out_per_class())
+        choice = MethodChoice.default(name)
+        if isinstance(choice.config, SemiSupervisedConfig) and isinstance(self.method.config,
+                                                                           SemiSupervisedConfig):
+            shared = {f.name: getattr(self.method.config, f.name) for f in fields(SemiSupervisedConfig)}
+            choice = MethodChoice(name, replace(choice.config, **shared))
         return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
-                      MethodChoice.default(name), self.schedule, self.regime)
+                      choice, self.schedule, self.regime)
 
     def held_out_per_class(self, method: Method | None = None) -> int:
         """Clean samples per class held out of training as the meta set (``method``: the

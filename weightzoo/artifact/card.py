@@ -100,7 +100,8 @@ def render_model_card(weighter: Artifact, has_curve: bool = True) -> str:
     if method:
         sections += ["## Method", _json_block(method)]
     if meta.metrics or meta.baseline:
-        sections += ["## Metrics", _json_block({"weighter": meta.metrics, "ce_baseline": meta.baseline})]
+        sections += ["## Metrics", _json_block({
+            "weighter": meta.metrics, f"{meta.baseline.get('method', 'ce')}_baseline": meta.baseline})]
     if meta.command:
         sections += ["## Reproduce", f"```bash\n{meta.command}\n```"]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"

@@ -22,13 +22,18 @@ if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
 
 
+META_SOURCES = ("clean", "train", "labeled")
+
+
 @dataclass
 class MetaSetConfig:
     """The meta data of a bilevel method (the recipe's ``[meta]`` keys).
 
-    source: ``clean`` (a held-out clean balanced set of ``per_class`` samples per class) or
+    source: ``clean`` (a held-out clean balanced set of ``per_class`` samples per class),
         ``train`` (rebuilt each epoch: the ``per_class`` lowest-loss samples per noisy class
-        scored by an EMA model with decay ``ema_decay``).
+        scored by an EMA model with decay ``ema_decay``) or ``labeled`` (each meta step's
+        meta batch is the step's labelled batch, which the method passes: FixMatch, CMW-Net
+        §7.2).
     meta_batch_size: meta samples per meta step; mixup_alpha: > 0 mixes meta batches with
         lambda ~ Beta(alpha, alpha).
     """
@@ -40,8 +45,8 @@ class MetaSetConfig:
     ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.source not in ("clean", "train"):
-            raise ValueError(f"meta.source must be 'clean' or 'train', got {self.source!r}")
+        if self.source not in META_SOURCES:
+            raise ValueError(f"meta.source must be one of {META_SOURCES}, got {self.source!r}")
         for key in ("meta_batch_size", "per_class"):
             if getattr(self, key) < 1:
                 raise ValueError(f"meta.{key} must be >= 1")
@@ -101,6 +106,8 @@ class MetaSet:
         Under torchrun every rank draws the same global meta batch from a generator seeded
         alike on all ranks (the global RNG differs between ranks) and keeps its shard.
         """
+        if self.config.source == "labeled":
+            raise ValueError("meta.source = 'labeled': the method passes each meta step its labelled batch")
         assert self.x is not None and self.y is not None, "setup() / rebuild() first"
         rank, world = trainer.rank, trainer.world
         generator = None

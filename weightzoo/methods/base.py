@@ -110,6 +110,12 @@ class Method(ABC):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called at the start of every epoch (e.g. to rebuild a meta set)."""
 
+    def batch_pool(self, trainer: Trainer) -> tuple[torch.Tensor | None, int]:
+        """The training indices the engine shuffles and batches each epoch (None: all of them)
+        and the global batch size (default: the schedule's). FixMatch batches its unlabelled
+        part and draws the labelled batch itself."""
+        return None, trainer.schedule.batch_size
+
     def collate(
         self, trainer: Trainer, index: torch.Tensor, *, epoch: int, iteration: int, lr: float,
         warmup: bool,

@@ -91,13 +91,15 @@ class BilevelMethod(Method):
     def meta_gradient(
         self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
         hyper_params: list[torch.Tensor], *, dominant_mixup: bool = False, shared: bool = True,
+        meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MetaGradient:
         """dL^meta/d hyper_params for the training objective on inputs x (B, ...), on a fresh
-        meta batch (this rank's shard of it under torchrun); keeps the look-ahead's forward
-        when the real step may reuse it. ``shared``: the hyper-parameters are the same on
-        every rank (summed gradients), not per sample."""
+        meta batch (this rank's shard of it under torchrun) or on ``meta_batch`` (x (M, ...),
+        y (M,)) when the method gives one; keeps the look-ahead's forward when the real step
+        may reuse it. ``shared``: the hyper-parameters are the same on every rank (summed
+        gradients), not per sample."""
         assert self.estimator is not None, "setup() was not called"
-        meta_x, meta_y = self.meta_set.batch(trainer, dominant=dominant_mixup)
+        meta_x, meta_y = meta_batch or self.meta_set.batch(trainer, dominant=dominant_mixup)
         config = self.meta_set.config
         result = self.estimator(BilevelProblem(
             model=trainer.module, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,

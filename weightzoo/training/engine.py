@@ -196,7 +196,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         method.on_epoch_start(self, epoch)
-        batches = self._batches(epoch)
+        batches = self._batches(epoch, *method.batch_pool(self))
         total, count = 0.0, 0
         bar = tqdm(
             batches, desc=f"{self.desc} {epoch + 1}/{self.schedule.epochs}", file=sys.stderr,
@@ -284,12 +284,15 @@ class Trainer:
         self.sample_weights = torch.where(seen, merged, self.sample_weights)
         self._weighted_here.zero_()
 
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
-        """This rank's index batches for ``epoch``: a seeded permutation in global batches,
-        each split over ranks (the last partial batch is dropped when data-parallel)."""
-        n, size = len(self.data.y), self.schedule.batch_size
+    def _batches(self, epoch: int, pool: torch.Tensor | None, size: int) -> list[torch.Tensor]:
+        """This rank's index batches for ``epoch``: a seeded permutation of ``pool`` (None: the
+        whole training set) in global batches of ``size``, each split over ranks (the last
+        partial batch is dropped when data-parallel)."""
+        n = len(self.data.y) if pool is None else len(pool)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=generator)
+        if pool is not None:
+            order = pool[order]
         chunks = list(order.split(size))
         if self.world > 1 and len(chunks) > 1 and len(chunks[-1]) < size:
             chunks.pop()

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 
-def crop_flip(x: torch.Tensor, padding: int = 4, min_size: int = 28) -> torch.Tensor:
-    """Random ``padding``-pixel zero-padded crop and horizontal flip of images >= ``min_size`` px."""
+def crop_flip(x: torch.Tensor, padding: int = 4, min_size: int = 28, flip: bool = True) -> torch.Tensor:
+    """Random ``padding``-pixel zero-padded crop (a translation) and, with ``flip``, a random
+    horizontal flip of images >= ``min_size`` px."""
     if x.dim() != 4 or x.shape[-1] < min_size:
         return x
     b, _, h, w = x.shape
@@ -25,8 +26,10 @@ def crop_flip(x: torch.Tensor, padding: int = 4, min_size: int = 28) -> torch.Te
     batch_idx = torch.arange(b, device=x.device)[:, None, None, None]
     chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     cropped = padded[batch_idx, chan_idx, rows, cols]
-    flip = torch.rand(b, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    if not flip:
+        return cropped
+    flipped = torch.rand(b, device=x.device) < 0.5
+    return torch.where(flipped[:, None, None, None], cropped.flip(3), cropped)
 
 
 def mixup(
