@@ -13,6 +13,10 @@ Sections (each times its variants side by side on the same architecture, batch a
   forward (weighting, backward, SGD step).
 - ``frozen``: a CE iteration and ``WeightedLoss`` with a frozen CMW-Net (K=3, families
   fitted by k-means on long-tailed class counts) forward + backward + SGD step.
+- ``fixmatch``: one FixMatch iteration (labelled batch B, unlabelled mu B = 7 B with weak and
+  strong views, one forward of all three) with the threshold mask, a frozen CMW-Net mask and
+  the meta-trained mask (``fixmatch-meta``), next to a CE iteration on B; the row records
+  the frozen mask's cost over the threshold mask's (``frozen_over_threshold``).
 - ``methods``: one training iteration of each registered method as ``weightzoo train``
   runs it (``Trainer._step`` on a synthetic training set with a clean meta set): ``ce``,
   ``mwnet``, ``cmwnet``, ``cmwnet-sl``, ``l2rw`` and ``arl`` (GCE), estimator ``auto``.
@@ -51,7 +55,8 @@ from torch import nn
 
 from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.losses import per_sample_loss
-from weightzoo.methods.base import RunContext
+from weightzoo.methods.base import Method, RunContext
+from weightzoo.methods.fixmatch import FixMatch, FixMatchConfig, FixMatchMetaConfig
 from weightzoo.methods.meta_weighting import weighting_meta_step
 from weightzoo.methods.registry import build_method, method_spec
 from weightzoo.models import build_model
@@ -65,11 +70,12 @@ NUM_CLASSES = 10
 MODELS: dict[str, tuple[int, int, int]] = {
     "mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet32": (3, 32, 32),
 }
-SECTIONS = ("meta", "frozen", "methods")
+SECTIONS = ("meta", "frozen", "methods", "fixmatch")
+FIXMATCH_MU = 7
 METHOD_NAMES = ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl")
 AMORTISED = 5  # also timed: mwnet with a meta step every AMORTISED iterations, per iteration
 # (section, model) pairs whose iterations take seconds on a CPU: run with --slow-repeats.
-SLOW_ON_CPU = {("meta", "resnet32"), ("methods", "resnet32")}
+SLOW_ON_CPU = {("meta", "resnet32"), ("methods", "resnet32"), ("fixmatch", "cnn"), ("fixmatch", "resnet32")}
 Step = Callable[[int], None]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -174,12 +180,13 @@ def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, 
 
 
 def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int, ...],
-                     meta_interval: int = 1) -> Step:
-    """One ``Trainer`` iteration of method ``name`` on a synthetic training set (every batch
-    after the first epoch's warm-up-free start), with a clean meta set of 10 per class.
-    With ``meta_interval`` k > 1 one call runs k iterations (one meta step among them)."""
+                     meta_interval: int = 1, method: Method | None = None) -> Step:
+    """One ``Trainer`` iteration of method ``name`` (or of ``method``, built already) on a
+    synthetic training set (every batch after the first epoch's warm-up-free start), with a
+    clean meta set of 10 per class. With ``meta_interval`` k > 1 one call runs k iterations
+    (one meta step among them)."""
     g = torch.Generator().manual_seed(3)
-    n = s.batch_size * s.pool
+    n = s.batch_size * s.pool * (1 + FIXMATCH_MU)  # FixMatch's unlabelled batches are mu x B
     x, y = torch.randn(n, *shape, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
     meta_x = torch.randn(10 * NUM_CLASSES, *shape, generator=g)
     meta_y = torch.arange(NUM_CLASSES).repeat(10)
@@ -187,14 +194,15 @@ def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int,
     schedule = Schedule(epochs=1, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
                         weight_decay=s.weight_decay, amp=s.amp)
     trainer = Trainer(model, data, schedule, device=s.device, progress=False)
-    config = method_spec(name).config_class()
-    if meta_interval > 1:
-        config.meta.meta_interval = meta_interval
-    method = build_method(name, config)
+    if method is None:
+        config = method_spec(name).config_class()
+        if meta_interval > 1:
+            config.meta.meta_interval = meta_interval
+        method = build_method(name, config)
     method.bind(RunContext(NUM_CLASSES, meta_x, meta_y, seed=0))
     method.setup(trainer)
     method.on_epoch_start(trainer, 0)
-    batches = trainer._batches(0)
+    batches = trainer._batches(0, *method.batch_pool(trainer))
 
     def step(i: int) -> None:
         for it in range(i * meta_interval, (i + 1) * meta_interval):
@@ -283,6 +291,13 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
                       for m in METHOD_NAMES})
         steps[f"method_mwnet_interval{AMORTISED}"] = method_iteration(copy.deepcopy(model), s, "mwnet",
                                                                       shape, AMORTISED)
+    elif section == "fixmatch":
+        semi = {"labeled_per_class": 10, "mu": FIXMATCH_MU}
+        variants = {"threshold": FixMatch(FixMatchConfig(**semi)),
+                    "frozen": FixMatch(FixMatchConfig(**semi), weighter=CMWNet(num_families=3)),
+                    "meta": FixMatch(FixMatchMetaConfig(**semi))}
+        steps.update({f"fixmatch_{v}": method_iteration(copy.deepcopy(model), s, "fixmatch", shape,
+                                                        method=m) for v, m in variants.items()})
     elif section == "meta":
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
         for estimator in ("exact", "jvp", "last-layer"):
@@ -295,6 +310,9 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
            "params": sum(p.numel() for p in model.parameters()), "repeats": repeats}
     block = 1 if slow else min(s.block, repeats)
     row.update(compare(steps, s, repeats, block, 0.0 if slow else s.min_seconds))
+    if section == "fixmatch":  # the issue's goal: frozen-weighter mask / threshold mask <= 1.05
+        threshold, frozen = (row["variants"][f"fixmatch_{v}"] for v in ("threshold", "frozen"))
+        row["frozen_over_threshold"] = round(frozen["ms"]["median"] / threshold["ms"]["median"], 3)
     amortised = row["variants"].get(f"method_mwnet_interval{AMORTISED}")
     if amortised is not None:  # one call ran AMORTISED iterations: report per iteration
         amortised["ms"] = {k: (round(v / AMORTISED, 3) if k != "n" else v)
@@ -343,7 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--meta-batch-size", type=int, default=100)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: meta, frozen, methods")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated: meta, frozen, methods, fixmatch")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the real forward (CUDA only)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's); use 1 on a CPU shared with other jobs")

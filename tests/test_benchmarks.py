@@ -24,11 +24,13 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
     assert report["date_utc"].endswith("+00:00")
     rows = report["results"]
     assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp"),
-                                                          ("methods", "mlp")]
+                                                          ("methods", "mlp"), ("fixmatch", "mlp")]
     assert set(rows[0]["variants"]) == {"ce", "meta_exact", "meta_jvp", "meta_last-layer"}
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
     assert set(rows[2]["variants"]) == {"ce", "method_mwnet_interval5", *(
         f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl"))}
+    assert set(rows[3]["variants"]) == {"ce", "fixmatch_threshold", "fixmatch_frozen", "fixmatch_meta"}
+    assert rows[3]["frozen_over_threshold"] > 0
     for row in rows:
         assert row["iterations"] == 1
         for variant in row["variants"].values():
