@@ -28,3 +28,12 @@ def test_user_loop_with_a_weighter_directory(tmp_path: Path) -> None:
     assert [name.split()[0] for name, _ in accuracies] == ["CE", "weighted"], result.stdout
     assert all(0 <= float(acc) <= 100 for _, acc in accuracies)
 
+
+
+def test_fixmatch_loop_with_the_shipped_fixmatch_weighter() -> None:
+    result = run_example("fixmatch_loop.py", "--epochs", "2", "--warmup-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    accuracies = re.findall(r"test accuracy, (FixMatch(?: \+ .+)?): (\d+\.\d+)%", result.stdout)
+    names = [name for name, _ in accuracies]
+    assert names == ["FixMatch", "FixMatch + cmwnet-fixmatch4-fmnist"], result.stdout
+    assert all(10 <= float(acc) <= 100 for _, acc in accuracies)
