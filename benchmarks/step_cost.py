@@ -186,7 +186,7 @@ def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int,
     clean meta set of 10 per class. With ``meta_interval`` k > 1 one call runs k iterations
     (one meta step among them)."""
     g = torch.Generator().manual_seed(3)
-    n = s.batch_size * s.pool * (1 + FIXMATCH_MU)  # FixMatch's unlabelled batches are mu x B
+    n = s.batch_size * s.pool * (1 + FIXMATCH_MU if name == "fixmatch" else 1)  # unlabelled: mu x B
     x, y = torch.randn(n, *shape, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
     meta_x = torch.randn(10 * NUM_CLASSES, *shape, generator=g)
     meta_y = torch.arange(NUM_CLASSES).repeat(10)

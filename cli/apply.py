@@ -8,6 +8,7 @@ import click
 
 from weightzoo.cli import options
 from weightzoo.cli.train import ACC_COLUMNS
+from weightzoo.partial_regime import APPLY_REGIMES
 from weightzoo.training.engine import Schedule
 
 
@@ -43,7 +44,7 @@ def default_warmup(epochs: int) -> int:
 @click.option("--loss", type=click.Choice(["auto", "ce", "sl"]), default="auto", show_default=True,
               help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, or the "
                    "soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
-@click.option("--regime", type=click.Choice(["supervised", "partial", "fixmatch"]), default="supervised",
+@click.option("--regime", type=click.Choice(APPLY_REGIMES), default="supervised",
               show_default=True,
               help="partial: PRODEN on the candidate sets first (the 'proden' baseline), then the "
                    "weighter and the baselines on its predicted labels (needs --bias partial:q, "

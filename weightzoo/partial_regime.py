@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from weightzoo.pipeline import PreparedData
 
 REGIMES = ("supervised", "partial")
+APPLY_REGIMES = (*REGIMES, "fixmatch")  # apply also runs FixMatch (weightzoo.methods.fixmatch)
 STAGE1_DIR = "proden"
 STAGE2_INITS = ("proden", "scratch")
 

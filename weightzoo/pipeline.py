@@ -34,13 +34,12 @@ from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
 from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
-from weightzoo.partial_regime import REGIMES, STAGE1_DIR, proden_stage
+from weightzoo.partial_regime import APPLY_REGIMES, STAGE1_DIR, proden_stage
 from weightzoo.recipe import Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 
-APPLY_REGIMES = (*REGIMES, "fixmatch")
 METRICS_NAME = "metrics.json"
 RUN_NAME = "run.json"
 WEIGHTER_DIR = "weighter"

@@ -207,6 +207,7 @@ class FixMatch(BilevelMethod):
         self.unlabeled: torch.Tensor | None = None
         self._pseudo_counts: torch.Tensor | None = None
         self._sums: torch.Tensor | None = None  # per epoch: see _record
+        self._truth: torch.Tensor | None = None  # report labels on the device (see _record)
 
     @property
     def identity(self) -> str:
@@ -252,6 +253,7 @@ class FixMatch(BilevelMethod):
                 self.weighter.eval().requires_grad_(False)
         self._pseudo_counts = torch.bincount(data.y[self.labeled], minlength=data.num_classes).to(
             trainer.device, torch.float64)
+        self._truth = report_labels(data).to(trainer.device)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Refit the families on last epoch's pseudo-label counts; reset the epoch's sums."""
@@ -288,6 +290,7 @@ class FixMatch(BilevelMethod):
         return Batch(
             x=self._weak(data.x[labeled].to(device)), y=data.y[labeled].to(device), index=labeled,
             epoch=epoch, iteration=iteration, lr=lr, warmup=warmup,
+            # two independent weak draws: FixMatch's strong pipeline is its own flip/crop + RA
             x_u_weak=self._weak(unlabeled_x),
             x_u_strong=strong_view(self._weak(unlabeled_x), self.settings.randaugment_ops),
             u_index=index,
@@ -326,19 +329,19 @@ class FixMatch(BilevelMethod):
                               meta_batch=(batch.x, batch.y))
         logits = self.logits(trainer, x, kept)
         terms = self.objective(batch, grad=False)(logits)
-        self._record(trainer, batch, logits, terms["unlabeled"].weights)
+        self._record(batch, logits, terms["unlabeled"].weights)
         return StepOutput(terms, logs={"mask_mean": terms["unlabeled"].weights.detach().mean()})
 
-    def _record(self, trainer: Trainer, batch: Batch, logits: torch.Tensor, weights: torch.Tensor) -> None:
+    def _record(self, batch: Batch, logits: torch.Tensor, weights: torch.Tensor) -> None:
         """Accumulate on the device: pseudo-label counts (for the families) and the report's
         sums (correct pseudo-labels, weight of correct and of wrong ones, counts). The true
         labels of the unlabelled samples are read here only, for the report."""
         assert self._sums is not None and self._pseudo_counts is not None and batch.u_index is not None
+        assert self._truth is not None
         b, u = len(batch.y), len(batch.u_index)
         pseudo = logits[b : b + u].detach().argmax(1)
         self._pseudo_counts += torch.bincount(pseudo, minlength=len(self._pseudo_counts)).double()
-        truth = report_labels(trainer.data)[batch.u_index].to(pseudo.device)
-        correct = (pseudo == truth).double()
+        correct = (pseudo == self._truth[batch.u_index.to(pseudo.device)]).double()
         weights = weights.detach().double()
         self._sums += torch.stack([correct.sum(), (weights * correct).sum(), (weights * (1 - correct)).sum(),
                                    torch.tensor(float(u), device=correct.device, dtype=torch.float64),
