@@ -6,10 +6,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from PIL import Image, ImageOps
 from torch import nn
 
 from weightzoo import MWNet, WeightedLoss, fixmatch_unlabeled_loss
@@ -25,7 +27,7 @@ from weightzoo.methods.fixmatch import (
 )
 from weightzoo.pipeline import prepare_data
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
-from weightzoo.training.randaugment import OPS, _apply, strong_view
+from weightzoo.training.randaugment import OPS, _apply, _equalize, strong_view
 from weightzoo.weighting.reduction import total_loss
 
 FAST = Schedule(epochs=2, batch_size=16, lr=0.03, milestones=[], warmup_epochs=1, amp=False)
@@ -59,6 +61,16 @@ def test_strong_view_draws_operations_per_image() -> None:
     assert moved[OPS.index("identity")] == 0 and (moved[1:] > 0).all()  # every other op acts
     with pytest.raises(ValueError, match="image batches"):
         strong_view(torch.randn(4, 64))
+
+
+def test_equalize_is_pils() -> None:
+    torch.manual_seed(0)
+    images = torch.round(torch.rand(4, 3, 16, 16) ** 2 * 255) / 255
+    equalized = _equalize(images)
+    for image, ours in zip(images, equalized, strict=True):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        reference = np.asarray(ImageOps.equalize(Image.fromarray(pixels)), dtype=np.float32) / 255
+        assert np.array_equal(ours.permute(1, 2, 0).numpy(), reference)
 
 
 def test_labeled_split_is_stratified_and_seeded() -> None:

@@ -7,9 +7,9 @@ This module does that on the batch's device with batched tensor arithmetic: ever
 gets ``num_ops`` operations, each drawn uniformly from :data:`OPS` with a magnitude drawn
 uniformly from the operation's range (FixMatch's ranges), then a Cutout square of side
 ``cutout`` x the image size filled with mid-grey. Operations act on each image rescaled to
-[0, 1] (by its own min and max, undone afterwards), so standardised inputs work. Not
-included: Equalize (a per-image histogram, no batched form); Color acts on 3-channel images
-only (identity on grey-scale).
+[0, 1] (by its own min and max, undone afterwards), so standardised inputs work. Equalize is
+PIL's per-channel histogram equalisation, batched; Color acts on 3-channel images only
+(identity on grey-scale).
 
 Randomness comes from the global torch RNG of the batch's device (seeded and checkpointed
 by the training engine).
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 OPS: tuple[str, ...] = (
-    "identity", "autocontrast", "brightness", "color", "contrast", "sharpness", "posterize",
+    "identity", "autocontrast", "brightness", "color", "contrast", "equalize", "sharpness", "posterize",
     "solarize", "rotate", "shear_x", "shear_y", "translate_x", "translate_y",
 )
 _GREY = 0.5  # fill of rotations, shears, translations and Cutout, in [0, 1] image units
@@ -127,6 +127,20 @@ def _autocontrast(image: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 1e-6, (image - low) / span.clamp_min(1e-6), image)
 
 
+def _equalize(image: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageOps.equalize per channel of 8-bit images, batched: bin b maps to
+    (pixels below b + step // 2) // step, step = (pixels - those in the top occupied bin) // 255;
+    a channel with step 0 is left as it is."""
+    b, c, h, w = image.shape
+    pixels = (image * 255.0).round().long().clamp(0, 255).flatten(2)  # (B, C, HW)
+    hist = torch.zeros(b, c, 256, device=image.device, dtype=torch.long)
+    hist.scatter_add_(2, pixels, torch.ones_like(pixels))
+    step = (h * w - hist.gather(2, pixels.amax(2, keepdim=True))) // 255  # (B, C, 1)
+    lut = ((hist.cumsum(2) - hist + step // 2) // step.clamp_min(1)).clamp(max=255)
+    equalized = lut.gather(2, pixels).to(image.dtype) / 255.0
+    return torch.where(step > 0, equalized, image.flatten(2)).reshape(image.shape)
+
+
 def _posterize(image: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Keep ``bits`` (B,) bits of each 8-bit pixel value."""
     levels = _col(2.0 ** bits)
@@ -144,6 +158,7 @@ _OPERATIONS: dict[str, Operation] = {
     "brightness": _enhance(torch.zeros_like),
     "color": _enhance(_grey),
     "contrast": _enhance(lambda image: _grey(image).mean(dim=(1, 2, 3), keepdim=True)),
+    "equalize": lambda image, level: _equalize(image),
     "sharpness": _enhance(_smooth),
     "posterize": lambda image, level: _posterize(image, 4 + torch.round(4 * level)),
     "solarize": _solarize,
