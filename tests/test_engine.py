@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from weightzoo.bilevel.famus import Famus, FamusConfig
 from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.data.sources import load_dataset
 from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
@@ -67,27 +68,27 @@ def schedule(epochs: int = 3, **kwargs) -> Schedule:
 
 
 def meta_strategy(source: str, meta: tuple[torch.Tensor, torch.Tensor] | None,
-                  kind: str = "mwnet") -> MetaWeighting:
+                  kind: str = "mwnet", estimator: str = "auto") -> MetaWeighting:
     torch.manual_seed(1)
     weighter = MWNet(hidden=16) if kind == "mwnet" else CMWNet(hidden=16, num_families=3)
     if source == "train":
         config = MetaConfig(meta_lr=1e-2, meta_batch_size=40, source="train", per_class=4,
                             mixup_alpha=1.0, ema_decay=0.9)
         return MetaWeighting(MetaWeightingConfig(meta=config), weighter=weighter)
-    config = MetaConfig(meta_lr=1e-2, meta_batch_size=40)
-    return MetaWeighting(MetaWeightingConfig(meta=config), weighter=weighter, meta_x=meta[0],
-                         meta_y=meta[1])
+    config = MetaConfig(meta_lr=1e-2, meta_batch_size=40, famus=FamusConfig(expected_layers=1))
+    return MetaWeighting(MetaWeightingConfig(meta=config, estimator=estimator), weighter=weighter,
+                         meta_x=meta[0], meta_y=meta[1])
 
 
-def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> L2RW:
-    strategy = L2RW(L2RWConfig(meta=VirtualStepConfig(meta_batch_size=40)))
+def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto") -> L2RW:
+    strategy = L2RW(L2RWConfig(meta=VirtualStepConfig(meta_batch_size=40), estimator=estimator))
     strategy.bind(RunContext(10, meta[0], meta[1]))
     return strategy
 
 
-def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor]) -> SoftLabelMetaWeighting:
+def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto") -> SoftLabelMetaWeighting:
     torch.manual_seed(1)
-    config = SoftLabelConfig(hidden=16, teacher_decay=0.9,
+    config = SoftLabelConfig(hidden=16, teacher_decay=0.9, estimator=estimator,
                              meta=MetaConfig(meta_lr=1e-2, meta_batch_size=40, mixup_alpha=1.0))
     strategy = SoftLabelMetaWeighting(config, meta_x=meta[0], meta_y=meta[1])
     strategy.bind(RunContext(10, meta[0], meta[1]))
@@ -109,6 +110,9 @@ STRATEGIES = {
     "meta-clean": lambda meta: meta_strategy("clean", meta),
     "meta-clean-cmwnet": lambda meta: meta_strategy("clean", meta, kind="cmwnet"),
     "meta-train-ema-mixup": lambda meta: meta_strategy("train", None),
+    "meta-famus": lambda meta: meta_strategy("clean", meta, estimator="famus"),
+    "cmwnet-sl-famus": lambda meta: sl_strategy(meta, estimator="famus"),
+    "l2rw-famus": lambda meta: l2rw_strategy(meta, estimator="famus"),
 }
 
 
@@ -158,6 +162,10 @@ def test_resume_is_bit_identical(name: str, digits: TrainingSet, meta_set, tmp_p
         assert straight_strategy.loss.hyperparameters() != {"t1": 0.8, "t2": 1.2}
     if isinstance(straight_strategy, L2RW):
         assert torch.equal(straight.sample_weights, second.sample_weights)
+    if isinstance(getattr(straight_strategy, "estimator", None), Famus):
+        assert_same_tensors(straight_strategy.estimator.samplers.state_dict(),
+                            resumed_strategy.estimator.samplers.state_dict())
+        assert "famus_layers" in second.history[-1]
     if isinstance(straight_strategy, MetaWeighting):
         assert_same_tensors(straight_strategy.weighter.state_dict(),
                             resumed_strategy.weighter.state_dict())

@@ -396,5 +396,10 @@ def test_the_recipe_chooses_the_estimator_and_the_artifact_records_it(tmp_path: 
     assert auto.method.config.estimator == "auto"
     train_recipe(auto, tmp_path / "auto", device="cpu", progress=False)
     assert load_artifact(tmp_path / "auto" / WEIGHTER_DIR).config.metadata["method"]["estimator"] == "exact"
+    famus = load_recipe("digits-sym40-mwnet", [*SHORT, "method.estimator=famus",
+                                               "meta.famus.expected_layers=1"])
+    train_recipe(famus, tmp_path / "famus", device="cpu", progress=False)
+    method = load_artifact(tmp_path / "famus" / WEIGHTER_DIR).config.metadata["method"]
+    assert method["estimator"] == "famus" and method["meta"]["famus"]["expected_layers"] == 1
     with pytest.raises(ValueError, match="method.estimator must be one of"):
         load_recipe("digits-sym40-mwnet", ["method.estimator=fast"])

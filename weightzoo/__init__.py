@@ -25,6 +25,7 @@ from weightzoo.bilevel.estimators import (
     estimator_names,
     register_estimator,
 )
+from weightzoo.bilevel.famus import Famus, FamusConfig
 from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
 from weightzoo.bilevel.metaset import MetaSet, MetaSetConfig, VirtualStepConfig
 from weightzoo.data.bias import BiasSpec, inject_bias
@@ -60,7 +61,7 @@ from weightzoo.weighting.weighted_loss import WeightedLoss
 
 __all__ = [
     "LOSS_NAMES", "Batch", "BilevelMethod", "LearnedRobustLoss", "MetaSet", "MetaSetConfig",
-    "VirtualStepConfig",
+    "VirtualStepConfig", "Famus", "FamusConfig",
     "BiasSpec", "BilevelProblem", "CMWNet", "DataSplits", "FixMatch", "FixMatchConfig",
     "FixMatchMetaConfig", "FrozenConfig",
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",

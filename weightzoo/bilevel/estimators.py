@@ -12,6 +12,8 @@ recipes choose one (``estimator = "exact"``) and artifacts record which one trai
 - ``last-layer``: an approximation, the cheap baseline of FaMUS: the same look-ahead but the
   virtual step moves only the last layer's parameters (features fixed), so the second-order
   terms involve the head only.
+- ``famus``: FaMUS (Xu et al. 2021; ``weightzoo.bilevel.famus``): learned per-layer gradient
+  samplers choose which layers the second-order backward goes through.
 - ``jvp``: the same gradient without the second-order backward (MW-Net Eq. 6 in general
   form). With theta' = theta - lr c grad_theta L(theta, hyper) (+ terms free of hyper) and
   g = grad L^meta(theta'), dL^meta/dhyper = -d/dhyper [ D_u L(theta, hyper) ], u = lr c g:
@@ -29,7 +31,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -110,9 +112,30 @@ class MetaGradient:
 
 
 class MetaGradientEstimator(ABC):
-    """dL^meta(theta'(hyper))/d hyper for a :class:`BilevelProblem`, touching no ``.grad``."""
+    """dL^meta(theta'(hyper))/d hyper for a :class:`BilevelProblem`, touching no ``.grad``
+    of the problem's tensors. An estimator may learn state of its own (FaMUS's samplers):
+    it is built for a run by :meth:`from_config`, sized to the model by :meth:`prepare`
+    and checkpointed through ``state_dict``."""
 
     name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, meta: Any, seed: int) -> MetaGradientEstimator:
+        """The estimator for a run whose ``[meta]`` config is ``meta`` (default: no options)."""
+        return cls()
+
+    def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
+        """Size any learned state to ``model`` (before a resume loads it)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what ``state_dict`` returned."""
+
+    def take_metrics(self) -> dict[str, float]:
+        """Numbers about the calls since the last take (for the epoch's metrics row)."""
+        return {}
 
     @abstractmethod
     def __call__(self, problem: BilevelProblem) -> MetaGradient: ...
@@ -136,10 +159,19 @@ def estimator_names() -> tuple[str, ...]:
 AUTO = "auto"
 
 
-def build_estimator(name: str) -> MetaGradientEstimator:
+def build_estimator(name: str, meta: Any = None, seed: int = 0) -> MetaGradientEstimator:
+    """The estimator ``name``, with its options from the method's ``[meta]`` config when given."""
     if name not in _ESTIMATORS:
         raise ValueError(f"unknown meta-gradient estimator {name!r}; one of {', '.join(estimator_names())}")
-    return _ESTIMATORS[name]()
+    cls = _ESTIMATORS[name]
+    return cls() if meta is None else cls.from_config(meta, seed)
+
+
+def require_single_process(name: str) -> None:
+    """Estimators that differentiate through a create-graph backward run in one process."""
+    if distributed.rank_and_world()[1] > 1:
+        raise ValueError(f"the {name!r} estimator runs in one process; under torchrun use "
+                         "estimator 'jvp' (or 'auto')")
 
 
 def fastest_exact_estimator(model: nn.Module) -> str:
@@ -161,9 +193,7 @@ class ExactSecondOrder(MetaGradientEstimator):
         return None
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
-        if distributed.rank_and_world()[1] > 1:
-            raise ValueError(f"the {self.name!r} estimator runs in one process; under torchrun use "
-                             "estimator 'jvp' (or 'auto')")
+        require_single_process(self.name)
         seen: list[torch.Tensor] = []
 
         def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
@@ -175,12 +205,10 @@ class ExactSecondOrder(MetaGradientEstimator):
             optimizer=problem.optimizer, config=problem.lookahead_config,
             only=self.step_only(problem.model),
         )
-        kept = _kept(problem, seen[0], state)
+        kept = kept_forward(problem, seen[0], state)
         with torch.autocast(device_type=problem.meta_x.device.type, enabled=False):
             logits = functional_forward(problem.model, state, problem.meta_x)
-            meta_loss = problem.meta_loss_fn(logits, problem.meta_y)
-            if meta_loss.dim() != 0:
-                raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
+            meta_loss = scalar_meta_loss(problem, logits)
             grads = torch.autograd.grad(meta_loss, problem.hyper_params, materialize_grads=True,
                                         retain_graph=kept is not None)
         return MetaGradient(float(meta_loss.detach()), tuple(grads), kept)
@@ -196,7 +224,15 @@ class LastLayer(ExactSecondOrder):
         return last_layer_parameters(model)
 
 
-def _kept(
+def scalar_meta_loss(problem: BilevelProblem, logits: torch.Tensor) -> torch.Tensor:
+    """The problem's meta loss on the meta batch's logits, checked to be a scalar."""
+    meta_loss = problem.meta_loss_fn(logits, problem.meta_y)
+    if meta_loss.dim() != 0:
+        raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
+    return meta_loss
+
+
+def kept_forward(
     problem: BilevelProblem, logits: torch.Tensor, state: dict[str, torch.Tensor]
 ) -> KeptForward | None:
     """The first forward, with a snapshot of the buffers it left (before the meta forward)."""
@@ -237,7 +273,7 @@ class ExactJVP(MetaGradientEstimator):
                        for coef, numerator, denominator in parts)
             grads = _all_reduced(torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
                                                      retain_graph=problem.keep_forward))
-            kept = _kept(problem, logits, buffers)
+            kept = kept_forward(problem, logits, buffers)
             with torch.no_grad():
                 stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,
                                        detached=True)
@@ -245,9 +281,7 @@ class ExactJVP(MetaGradientEstimator):
             meta_buffers = {n: b.clone() for n, b in buffers.items()}
             meta_logits = functional_forward(model, {**named, **meta_buffers, **meta_params},
                                              problem.meta_x)
-            meta_loss = problem.meta_loss_fn(meta_logits, problem.meta_y)
-            if meta_loss.dim() != 0:
-                raise ValueError(f"meta_loss_fn must return a scalar, got {tuple(meta_loss.shape)}")
+            meta_loss = scalar_meta_loss(problem, meta_logits)
             share = len(problem.meta_x) / float(_global(torch.tensor(float(len(problem.meta_x)))))
             g = _all_reduced(torch.autograd.grad(meta_loss * share, list(meta_params.values())))
             global_meta_loss = float(_global(meta_loss.detach() * share))

@@ -23,6 +23,7 @@ from torch.optim.sgd import sgd
 from weightzoo.weighting.reduction import LossTerm, total_loss
 
 Objective = Callable[[torch.Tensor], dict[str, LossTerm]]
+GradientTransform = Callable[[dict[str, "torch.Tensor | None"]], dict[str, "torch.Tensor | None"]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def lookahead(
     optimizer: torch.optim.Optimizer | None = None,
     config: LookaheadConfig = LookaheadConfig(),
     only: set[str] | None = None,
+    transform: GradientTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     """Virtual step of ``model`` on the objective's gradient, differentiable through it.
 
@@ -64,6 +66,8 @@ def lookahead(
     optimizer: the real optimizer (torch SGD); when given, only the parameters it holds are
         stepped (others stay fixed, as in the real step).
     only: step just these parameter names (an approximation, e.g. the last layer).
+    transform: name -> gradient (with its graph) to the gradients the step takes, e.g. some
+        detached (FaMUS: the meta-gradient then flows through the other layers only).
     Returns the full state for ``functional_call``: stepped parameters, the unchanged
     frozen parameters, and clones of all buffers (as left by the forward on x).
     """
@@ -78,6 +82,9 @@ def lookahead(
         grads = torch.autograd.grad(
             loss, list(trainable.values()), create_graph=True, allow_unused=True
         )
+        if transform is not None:
+            changed = transform(dict(zip(trainable, grads, strict=True)))
+            grads = tuple(changed[name] for name in trainable)
     stepped = dict(named)
     stepped.update(virtual_step(trainable, grads, groups, optimizer, config))
     return {**stepped, **buffers}
@@ -133,15 +140,23 @@ def steppable_parameters(
     return trainable, groups
 
 
-def last_layer_parameters(model: nn.Module) -> set[str]:
-    """Names of the parameters of the model's last module that holds parameters (in
-    registration order: the classifier head of a usual network)."""
-    owners = [(name, module) for name, module in model.named_modules()
-              if any(True for _ in module.parameters(recurse=False))]
-    if not owners:
+def parameter_layers(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """The model's layers: (module name, its own parameters' full names) for every module
+    that holds parameters, in registration order (the classifier head of a usual network
+    last)."""
+    layers = []
+    for prefix, module in model.named_modules():
+        names = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+        if names:
+            layers.append((prefix, names))
+    if not layers:
         raise ValueError("the model has no parameters")
-    prefix, module = owners[-1]
-    return {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+    return layers
+
+
+def last_layer_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of the model's last layer (see :func:`parameter_layers`)."""
+    return set(parameter_layers(model)[-1][1])
 
 
 def _param_groups(

@@ -9,13 +9,14 @@ eval mode without augmentation, and enriches the meta loss with mixup.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightzoo.bilevel.famus import FamusConfig
 from weightzoo.training.views import mixup
 
 if TYPE_CHECKING:
@@ -58,10 +59,12 @@ class MetaSetConfig:
 
 @dataclass
 class VirtualStepConfig(MetaSetConfig):
-    """Meta data plus what of the real optimizer the virtual step reproduces."""
+    """Meta data plus what of the real optimizer the virtual step reproduces, and the
+    options of the ``famus`` estimator (``[meta.famus]``, used when a method chooses it)."""
 
     include_momentum: bool = False
     include_weight_decay: bool = False
+    famus: FamusConfig = field(default_factory=FamusConfig)
 
 
 class MetaSet:

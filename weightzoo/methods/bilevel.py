@@ -81,7 +81,8 @@ class BilevelMethod(Method):
         name = self.config.estimator
         if name == AUTO:  # data-parallel meta steps need the jvp route
             name = "jvp" if trainer.world > 1 else fastest_exact_estimator(trainer.module)
-        self.estimator = build_estimator(name)
+        self.estimator = build_estimator(name, self.config.meta, seed=trainer.seed)
+        self.estimator.prepare(trainer.module)
         self.meta_set.setup(trainer)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
@@ -140,7 +141,10 @@ class BilevelMethod(Method):
         self.meta_set.after_step(trainer)
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {"meta_loss": float(np.mean(self._meta_losses))} if self._meta_losses else {}
+        metrics = self.estimator.take_metrics() if self.estimator is not None else {}
+        if self._meta_losses:
+            metrics["meta_loss"] = float(np.mean(self._meta_losses))
+        return metrics
 
     def provenance(self) -> dict[str, Any]:
         return {"estimator": self.estimator.name if self.estimator is not None else None}
@@ -149,6 +153,8 @@ class BilevelMethod(Method):
         state = self.meta_set.state_dict()
         if self.learner is not None and self.optimizer is not None:
             state.update(learner=self.learner.state_dict(), optimizer=self.optimizer.state_dict())
+        if self.estimator is not None and (estimator := self.estimator.state_dict()):
+            state["estimator"] = estimator
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -156,3 +162,5 @@ class BilevelMethod(Method):
         if self.learner is not None and self.optimizer is not None:
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.estimator is not None and "estimator" in state:
+            self.estimator.load_state_dict(state["estimator"])
