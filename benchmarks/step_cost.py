@@ -73,6 +73,7 @@ MODELS: dict[str, tuple[int, int, int]] = {
 SECTIONS = ("meta", "frozen", "methods", "fixmatch")
 FIXMATCH_MU = 7
 METHOD_NAMES = ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl")
+PEERS = ("higher", "torchopt")  # optional: pip install higher torchopt (benchmark-only)
 AMORTISED = 5  # also timed: mwnet with a meta step every AMORTISED iterations, per iteration
 # (section, model) pairs whose iterations take seconds on a CPU: run with --slow-repeats.
 SLOW_ON_CPU = {("meta", "resnet32"), ("methods", "resnet32"), ("fixmatch", "cnn"), ("fixmatch", "resnet32")}
@@ -154,14 +155,28 @@ def frozen_step(model: nn.Module, s: Settings, data: Batches) -> Step:
     return step
 
 
+def weighted_setup(s: Settings) -> tuple[SampleWeighting, torch.optim.Adam]:
+    """A CMW-Net (K=3) weighting on long-tailed families and its Adam optimizer."""
+    weighter = CMWNet(num_families=3).to(s.device)
+    return (SampleWeighting.fit(weighter, long_tail_counts()).to(s.device),
+            torch.optim.Adam(weighter.parameters(), lr=s.meta_lr))
+
+
+def weighted_real_step(opt: torch.optim.Optimizer, weighting: SampleWeighting, logits: torch.Tensor,
+                       y: torch.Tensor) -> None:
+    """The real step: weights from the (updated) weighter, weighted loss, backward, SGD step."""
+    losses = per_sample_loss("ce", logits.float(), y)
+    loss = weighting.reduce(losses, weighting.weights(losses, y, checked=True))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, estimator: str) -> Step:
     """CMW-Net training iteration as ``MetaWeighting`` + ``Trainer`` run it: meta step on the
-    weighter (keeping the look-ahead's forward), then the real step on that forward with
-    weights from the updated weighter: weighting, backward, SGD step."""
+    weighter (keeping the look-ahead's forward), then the real step on that forward."""
     opt = sgd(model, s)
-    weighter = CMWNet(num_families=3).to(s.device)
-    weighter_opt = torch.optim.Adam(weighter.parameters(), lr=s.meta_lr)
-    weighting = SampleWeighting.fit(weighter, long_tail_counts()).to(s.device)
+    weighting, weighter_opt = weighted_setup(s)
     chosen = build_estimator(estimator)
 
     def step(i: int) -> None:
@@ -170,11 +185,44 @@ def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, 
         kept = weighting_meta_step(model, weighting, weighter_opt, x, y, meta_x, meta_y, lr=s.lr,
                                    optimizer=opt, estimator=chosen, keep_forward=True).forward
         kept.restore_buffers(model)
-        losses = per_sample_loss("ce", kept.logits.float(), y)
-        loss = weighting.reduce(losses, weighting.weights(losses, y, checked=True))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        weighted_real_step(opt, weighting, kept.logits, y)
+
+    return step
+
+
+def peer_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, library: str) -> Step | None:
+    """The same iteration written as MW-Net reimplementations write it with a peer library
+    (None when it is not installed): ``higher`` (``innerloop_ctx`` and ``meta_loss.backward()``)
+    or ``torchopt`` (``MetaSGD`` with its state extracted and recovered); the look-ahead, the
+    meta step on the weighter, then a fresh real forward and the real step."""
+    try:
+        peer = __import__(library)
+    except ImportError:
+        return None
+    opt = sgd(model, s)
+    weighting, weighter_opt = weighted_setup(s)
+    inner = (torch.optim.SGD(model.parameters(), lr=s.lr) if library == "higher"
+             else peer.MetaSGD(model, lr=s.lr))
+
+    def weighted_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = per_sample_loss("ce", logits, y)
+        return weighting.reduce(losses, weighting.weights(losses, y, grad=True, checked=True))
+
+    def step(i: int) -> None:
+        x, y = data[i % len(data)]
+        meta_x, meta_y = meta[i % len(meta)]
+        weighter_opt.zero_grad(set_to_none=True)
+        if library == "higher":
+            with peer.innerloop_ctx(model, inner) as (fmodel, diffopt):
+                diffopt.step(weighted_loss(fmodel(x), y))
+                F.cross_entropy(fmodel(meta_x), meta_y).backward()
+        else:
+            saved = peer.extract_state_dict(model, by="reference", detach_buffers=True)
+            inner.step(weighted_loss(model(x), y))
+            F.cross_entropy(model(meta_x), meta_y).backward()
+            peer.recover_state_dict(model, saved)
+        weighter_opt.step()
+        weighted_real_step(opt, weighting, model(x), y)
 
     return step
 
@@ -300,8 +348,12 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
                                                         method=m) for v, m in variants.items()})
     elif section == "meta":
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
-        for estimator in ("exact", "jvp", "last-layer"):
+        for estimator in ("exact", "jvp", "last-layer", "famus"):
             steps[f"meta_{estimator}"] = meta_iteration(copy.deepcopy(model), s, data, meta, estimator)
+        for library in PEERS:
+            peer = peer_iteration(copy.deepcopy(model), s, data, meta, library)
+            if peer is not None:
+                steps[f"peer_{library}"] = peer
     else:
         steps["frozen"] = frozen_step(copy.deepcopy(model), s, data)
     slow = s.device.type == "cpu" and (section, name) in SLOW_ON_CPU

@@ -55,6 +55,8 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_samplers_cover_the_layers_below_the_head() -> None:
     model = conv_bn_dropout()
     assert sorted(famus(model).samplers) == ["0", "1", "5"]  # conv, BN, hidden linear; 7 = head
+    deep = nn.Sequential(*[nn.Linear(2, 2) for _ in range(12)])
+    assert set(famus(deep).samplers) == {str(i) for i in range(3, 11)}  # 8 below the head
     assert sorted(famus(model, candidate_layers=1).samplers) == ["5"]
     assert not famus(model, candidate_layers=0).samplers
     assert pooled_gradient(torch.ones(4, 1, 3, 3)).shape == (4,)

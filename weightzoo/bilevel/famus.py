@@ -12,8 +12,9 @@ selected layer the more of the backward graph it costs.
 
 The layers: every module that holds parameters (a convolution and its BatchNorm are two);
 the last (the classifier head) is always differentiated through, as in the reference
-implementation; ``candidate_layers`` below it get samplers (all by default), the layers
-under those are always detached.
+implementation; the ``candidate_layers`` layers below it (8 by default, about the
+reference's ``top_k`` = 15 parameter tensors of a ResNet) get samplers; the layers under
+those are always detached, so the second-order backward never goes below the candidates.
 
 The samplers are trained on FaMUS Eq. 12, L = L^meta + lambda_1 L_r + lambda_2 L_g, with
 SGD (lr 0.1, momentum 0.9), after each meta step:
@@ -22,8 +23,10 @@ SGD (lr 0.1, momentum 0.9), after each meta step:
   carry this straight-through derivative (each gradient is multiplied by 1 + r_l - sg(r_l),
   value 1), so a sampler learns to select the layers whose training and meta gradients
   align. (The reference code flips the sign for unselected layers; the paper does not say.)
-- L_g = ||pool(g^train_head) - pool(g^meta_head)||^2, the gradient-matching term on the
-  head (the meta gradient detached), trains the meta-learned hyper-parameters (the
+- L_g, the gradient-matching term on the head: per head parameter, the mean squared
+  difference of the per-output-unit mean and std of the training gradient and of the meta
+  gradient dL^meta/dtheta'_head (detached), as the reference implementation computes the
+  paper's pooled-gradient distance. It trains the meta-learned hyper-parameters (the
   weighter) alongside L^meta: the hyper-gradient returned is d(L^meta + lambda_2 L_g)/d hyper.
 
 With every candidate selected and ``matching_weight`` 0 the result is the ``exact``
@@ -59,13 +62,13 @@ class FamusConfig:
 
     expected_layers: K of the sparsity term, candidate layers selected on average (the head
         is always on and not counted); candidate_layers: how many layers below the head get
-        samplers (None: all); sparsity_weight / matching_weight: lambda_1 / lambda_2 of Eq. 12;
+        samplers (None: all of them); sparsity_weight / matching_weight: lambda_1 / lambda_2 of Eq. 12;
     sampler_lr / sampler_momentum: the samplers' SGD; hidden: a sampler's hidden width;
     temperature: the Gumbel-softmax temperature.
     """
 
     expected_layers: int = 4
-    candidate_layers: int | None = None
+    candidate_layers: int | None = 8
     sparsity_weight: float = 0.1
     matching_weight: float = 0.1
     sampler_lr: float = 0.1
@@ -100,6 +103,18 @@ class GradientSampler(nn.Module):
 def pooled_gradient(grad: torch.Tensor) -> torch.Tensor:
     """A layer's gradient (D, ...) averaged over every dimension but the first: (D,)."""
     return grad.reshape(grad.shape[0], -1).mean(dim=1) if grad.dim() > 0 else grad.reshape(1)
+
+
+def gradient_mismatch(train: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """The gradient-matching loss of one head parameter (as the reference implementation):
+    the mean squared difference of the per-output-unit mean and std of the two gradients
+    (of the whole tensor for a vector)."""
+    def moments(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = grad.reshape(grad.shape[0], -1) if grad.dim() > 1 else grad.reshape(1, -1)
+        return rows.mean(dim=1), rows.std(dim=1, correction=0)
+
+    (train_mean, train_std), (meta_mean, meta_std) = moments(train), moments(meta)
+    return ((train_mean - meta_mean) ** 2 + (train_std - meta_std) ** 2).mean()
 
 
 def _standardised(values: torch.Tensor) -> torch.Tensor:
@@ -179,7 +194,7 @@ class Famus(MetaGradientEstimator):
             gates = self._gates(grads)
             values = torch.stack(list(gates.values())).tolist() if gates else []  # one host sync
             chosen = dict(zip(gates, values, strict=True))
-            captured.update(gates=gates, chosen=chosen, head=grads.get(head_names[0]))
+            captured.update(gates=gates, chosen=chosen, heads={n: grads.get(n) for n in head_names})
             out: dict[str, torch.Tensor | None] = {}
             for name, grad in grads.items():
                 key = self._layer_of.get(name)
@@ -205,11 +220,12 @@ class Famus(MetaGradientEstimator):
             if gates:
                 total = total + self.config.sparsity_weight * (
                     sum(gates.values()) - min(self.config.expected_layers, len(gates))) ** 2
-            head = captured["head"]
-            if self.config.matching_weight > 0 and head is not None:
-                (meta_head,) = torch.autograd.grad(meta_loss, state[head_names[0]], retain_graph=True)
-                mismatch = pooled_gradient(head) - pooled_gradient(meta_head.detach())
-                total = total + self.config.matching_weight * mismatch.pow(2).sum()
+            if self.config.matching_weight > 0:
+                heads = [name for name in head_names if captured["heads"].get(name) is not None]
+                meta_heads = torch.autograd.grad(meta_loss, [state[n] for n in heads], retain_graph=True)
+                total = total + self.config.matching_weight * sum(
+                    gradient_mismatch(captured["heads"][n], g.detach())
+                    for n, g in zip(heads, meta_heads, strict=True))
             sampler_params = [p for p in self.samplers.parameters()]
             grads = torch.autograd.grad(total, [*problem.hyper_params, *sampler_params],
                                         materialize_grads=True, allow_unused=True,
