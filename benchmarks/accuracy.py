@@ -17,7 +17,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs, write_results
+from benchmarks.common import (
+    accuracy_cells,
+    add_run_options,
+    machine,
+    machine_line,
+    mean_std,
+    read_json,
+    run_jobs,
+    write_results,
+)
 from weightzoo.artifact.format import load_artifact
 
 RECIPES = ["fmnist-sym40-mwnet", "fmnist-longtail-mwnet", "fmnist-asym40-cmwnet"]
@@ -46,10 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
     parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-accuracy"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/accuracy_fmnist"))
+    add_run_options(parser, "runs/bench-accuracy", "benchmarks/results/accuracy_fmnist")
     args = parser.parse_args()
     jobs = []
     for recipe in args.recipes:
@@ -80,8 +86,7 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"torch {result['machine']['torch']}, {result['machine']['date_utc']} UTC; "
+    lines = [f"{machine_line(result['machine'])}; "
              f"seeds {result['seeds']}; clean test accuracy (%) at the last epoch, mean ± std.", ""]
     for recipe, methods in result["summary"].items():
         lines += [f"**{recipe}**", "", "| method | test acc | head | medium | tail | learned curve |",

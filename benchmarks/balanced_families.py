@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from benchmarks.common import machine, mean_std, read_json, run_jobs
+from benchmarks.common import add_run_options, machine, mean_std, read_json, run_jobs
 
 WEIGHTERS = ["cmwnet-fmnist-asym40", "cmwnet-fmnist-mixed"]
 TARGETS = [("digits", "symmetric:0.4"), ("mnist5k", "symmetric:0.4")]
@@ -25,10 +24,7 @@ TARGETS = [("digits", "symmetric:0.4"), ("mnist5k", "symmetric:0.4")]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", required=True)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-balanced-families"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    add_run_options(parser, "runs/bench-balanced-families", "benchmarks/results")
     args = parser.parse_args()
     jobs = []
     for name in WEIGHTERS:

@@ -3,6 +3,7 @@ output already holds its result file is skipped) and summarise seeds as mean ± 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -43,6 +44,20 @@ def run_jobs(jobs: list[tuple[list[str], Path]], parallel: int, log: Path) -> No
     with ThreadPoolExecutor(parallel) as pool:
         for _ in pool.map(one, todo):
             pass
+
+
+def add_run_options(parser: argparse.ArgumentParser, runs: str, results: str) -> None:
+    """The options every multi-seed benchmark takes: --seeds, --parallel, --runs (run
+    directories, reused when finished) and --results (the JSON / markdown path)."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=Path(runs))
+    parser.add_argument("--results", type=Path, default=Path(results))
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """'Machine: CPU (N cores), torch V, DATE UTC' for a results table's header."""
+    return f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC"
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:

@@ -16,7 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs, write_results
+from benchmarks.common import (
+    add_run_options,
+    machine,
+    machine_line,
+    mean_std,
+    pm,
+    read_json,
+    run_jobs,
+    write_results,
+)
 
 RECIPE = "mnist5k-fixmatch{budget}-cmwnet"
 ZOO = "cmwnet-fixmatch4-fmnist"
@@ -67,13 +76,10 @@ def gpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budgets", nargs="+", type=int, default=[4, 25])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--zoo", default=ZOO)
     parser.add_argument("--model", default="mlp", help="mlp (the recipes') or cnn")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-fixmatch"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/fixmatch_mnist5k"))
+    add_run_options(parser, "runs/bench-fixmatch", "benchmarks/results/fixmatch_mnist5k")
     args = parser.parse_args()
     jobs = [job for b in args.budgets for s in args.seeds
             for job in jobs_for(b, s, args.runs, args.zoo, args.model, args.device)]
@@ -91,7 +97,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC; "
+    lines = [f"{machine_line(m)}; "
              f"device {result['device']}; MNIST-5k, model {result['model']}, 30 epochs, B = 32, mu = 7, "
              f"seeds {result['seeds']}; test accuracy (%) "
              f"at the last epoch, mean ± std. Frozen weighter: {result['zoo_weighter']}.", "",

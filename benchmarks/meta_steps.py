@@ -15,9 +15,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs, write_results
+from benchmarks.common import (
+    add_run_options,
+    machine,
+    machine_line,
+    mean_std,
+    pm,
+    read_json,
+    run_jobs,
+    write_results,
+)
 
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "digits-mlp-sym40": ("digits-sym40-mwnet", []),
@@ -39,10 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-meta-steps"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/meta_steps"))
+    add_run_options(parser, "runs/bench-meta-steps", "benchmarks/results/meta_steps")
     args = parser.parse_args()
     jobs = []
     for setting in args.settings:
@@ -74,7 +79,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC; seeds "
+    lines = [f"{machine_line(m)}; seeds "
              f"{result['seeds']}; clean test accuracy (%) at the last epoch, mean ± std; Δ: vs the exact "
              "step; time: total training wall time per run (s, one torch thread).", "",
              "| setting | variant | test acc | Δ exact | time (s) | time / exact | FaMUS layers |",

@@ -17,7 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import machine, mean_std, pm, read_json, run_jobs, write_results
+from benchmarks.common import (
+    add_run_options,
+    machine,
+    machine_line,
+    mean_std,
+    pm,
+    read_json,
+    run_jobs,
+    write_results,
+)
 
 RECIPE = "mnist5k-partial30-cmwnet"
 ZOO = "cmwnet-fmnist-partial30"
@@ -66,11 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--qs", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7])
     parser.add_argument("--weighted-qs", nargs="*", type=float, default=[0.3, 0.7])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--zoo", default=ZOO)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-partial"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/partial_mnist5k"))
+    add_run_options(parser, "runs/bench-partial", "benchmarks/results/partial_mnist5k")
     parser.add_argument("--meta-only", action="store_true",
                         help="Run the meta-training jobs only (no frozen zoo weighter).")
     args = parser.parse_args()
@@ -93,7 +99,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC; "
+    lines = [f"{machine_line(m)}; "
              f"MNIST-5k, MLP, 20 epochs per stage, seeds {result['seeds']}; test accuracy (%) at "
              f"the last epoch, mean ± std. Frozen weighter: {result['zoo_weighter']}.", "",
              "| q | PRODEN | PRODEN + CE | PRODEN + CMW-Net (meta) | PRODEN + frozen zoo | "

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.common import accuracy_cells, machine, mean_std, read_json, run_jobs, write_results
+from benchmarks.common import (
+    accuracy_cells,
+    add_run_options,
+    machine,
+    machine_line,
+    mean_std,
+    read_json,
+    run_jobs,
+    write_results,
+)
 
 # target bias -> the zoo weighter trained on the matching bias (the general-purpose
 # mixed-noise CMW-Net is applied to every target as well)
@@ -32,10 +40,7 @@ APPLY = ["--data", "mnist5k", "--model", "mlp", "--epochs", "15", "--warmup-epoc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench-transfer"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/transfer_mnist5k"))
+    add_run_options(parser, "runs/bench-transfer", "benchmarks/results/transfer_mnist5k")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     args = parser.parse_args()
     targets = {bias: TARGETS[bias] for bias in args.targets}
@@ -82,7 +87,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC; "
+    lines = [f"{machine_line(m)}; "
              f"seeds {result['seeds']}; target MNIST-5k, MLP, `weightzoo apply "
              f"{' '.join(result['apply_args'])}`; clean test accuracy (%) at the last epoch.", ""]
     for bias, entry in result["summary"].items():
