@@ -4,8 +4,9 @@
     python examples/user_loop.py path/to/weighter_dir   # or a directory, or org/repo[@rev] on the Hub
 
 Trains the same model twice from the same seed, with plain cross-entropy and with the frozen
-weighter (after the same plain-CE warm-up, as the weighter was meta-trained), and prints the
-accuracy of both on the clean test set.
+weighter as a drop-in criterion from the first step (it runs its own plain-CE warm-up, by
+default as long as the weighter's meta-training did), and prints the accuracy of both on
+the clean test set.
 """
 
 from __future__ import annotations
@@ -33,18 +34,17 @@ def noisy_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
 
 
 def train(x: torch.Tensor, train_labels: torch.Tensor, weighter: str | None, epochs: int,
-          warmup_epochs: int, seed: int = 0) -> nn.Module:
-    """Plain cross-entropy (``weighter=None``) or the frozen weighter after a CE warm-up."""
+          warmup_epochs: float | None, seed: int = 0) -> nn.Module:
+    """Plain cross-entropy (``weighter=None``) or the frozen weighter as a drop-in criterion."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ce = nn.CrossEntropyLoss()
-    crit = WeightedLoss.from_pretrained(weighter, labels=train_labels, num_classes=10) if weighter else ce
-    for epoch in range(epochs):
+    crit = (WeightedLoss.from_pretrained(weighter, labels=train_labels, num_classes=10,
+                                         warmup_epochs=warmup_epochs)
+            if weighter else nn.CrossEntropyLoss())
+    for _ in range(epochs):
         for batch in torch.randperm(len(x)).split(64):
-            logits = model(x[batch])
-            y = train_labels[batch]
-            loss = ce(logits, y) if epoch < warmup_epochs else crit(logits, y)
+            loss = crit(model(x[batch]), train_labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("weighter", nargs="?", default="mwnet-fmnist-sym40",
                         help="zoo name, weighter directory or Hub repo id (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--warmup-epochs", type=int, default=2, help="plain-CE epochs first")
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="plain-CE epochs first (default: the weighter's meta-training warm-up)")
     args = parser.parse_args()
 
     x_train, train_labels, x_test, y_test = noisy_digits(seed=0)

@@ -29,6 +29,15 @@ def test_user_loop_with_a_weighter_directory(tmp_path: Path) -> None:
     assert all(0 <= float(acc) <= 100 for _, acc in accuracies)
 
 
+def test_drop_in_weighter_from_step_zero_trains() -> None:
+    """The README loop with the criterion swapped in from the first step and nothing else
+    changed: the shipped noise weighter runs its own 1-epoch plain-CE warm-up (its
+    meta-training schedule) and does not lose to CE on noisy digits (sym 40%, 30 epochs)."""
+    result = run_example("user_loop.py", "mwnet-fmnist-sym40")
+    assert result.returncode == 0, result.stderr
+    accuracies = dict(re.findall(r"clean test accuracy, (CE|weighted)[^:]*: (\d+\.\d+)%", result.stdout))
+    assert float(accuracies["weighted"]) >= float(accuracies["CE"]) - 1.0, result.stdout
+
 
 def test_fixmatch_loop_with_the_shipped_fixmatch_weighter() -> None:
     result = run_example("fixmatch_loop.py", "--epochs", "2", "--warmup-epochs", "1")

@@ -318,3 +318,56 @@ def test_from_pretrained_with_labels_and_counts(tmp_path: Path) -> None:
     logits = _logits()
     torch.testing.assert_close(by_labels(logits, TARGETS), _criterion()(logits, TARGETS))
     torch.testing.assert_close(by_counts(logits, TARGETS), _criterion()(logits, TARGETS))
+
+
+# --- the drop-in warm-up -----------------------------------------------------------------
+
+
+def test_warmup_returns_plain_ce_for_the_first_training_samples() -> None:
+    """Until ``warmup_samples`` training samples were seen: the plain mean CE (weights 1);
+    evaluation calls (no grad) do not count; then the weighted loss. The count is in the
+    state dict, so a resumed loop resumes the warm-up."""
+    families = TaskFamilies(centers=(5.5, 51.0, 505.0), family_of_class=FAMILY_OF_CLASS,
+                            class_counts=tuple(COUNTS))
+    crit = WeightedLoss(_weighter(), families, warmup_samples=20)
+    weighted = _criterion()
+    for step in range(3):  # 8 samples each: 0, 8, 16 seen before the call -> warm-up
+        logits = _logits(seed=step)
+        with torch.no_grad():
+            torch.testing.assert_close(crit(logits, TARGETS), F.cross_entropy(logits, TARGETS))  # no count
+        assert crit.samples_seen == 8 * step
+        loss = crit(logits, TARGETS)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, TARGETS))
+        assert torch.equal(crit.last_weights, torch.ones(len(TARGETS)))
+    assert not crit.warming_up and crit.samples_seen == 24
+    logits = _logits(seed=9)
+    torch.testing.assert_close(crit(logits, TARGETS), weighted(logits, TARGETS))
+    assert not torch.allclose(crit(logits, TARGETS), F.cross_entropy(logits, TARGETS))
+    resumed = WeightedLoss(_weighter(), families, warmup_samples=20)
+    resumed.load_state_dict(crit.state_dict())
+    assert resumed.samples_seen == 24 and not resumed.warming_up
+    fresh = WeightedLoss(_weighter(), families, warmup_samples=20)
+    soft = torch.softmax(torch.randn(len(TARGETS), C), dim=1)
+    torch.testing.assert_close(fresh.soft_label_loss(logits, TARGETS, soft), F.cross_entropy(logits, TARGETS))
+    with pytest.raises(ValueError, match="warmup_samples"):
+        WeightedLoss(_weighter(), families, warmup_samples=-1)
+
+
+def test_warmup_defaults_to_the_weighters_meta_training_schedule() -> None:
+    """``for_data`` sizes the warm-up on the target data: warmup_epochs x its label count,
+    by default the warm-up the weighter's artifact says it was meta-trained after."""
+    weighter = MWNet()
+    weighter.config.metadata["method"] = {"schedule": {"warmup_epochs": 2, "epochs": 20}}
+    labels = torch.arange(10).repeat(5)  # 50 training labels
+    assert WeightedLoss.for_data(weighter, labels=labels).warmup_samples == 100
+    assert WeightedLoss.for_data(weighter, labels=labels, warmup_epochs=0).warmup_samples == 0
+    assert WeightedLoss.for_data(weighter, class_counts=[5] * 10, warmup_epochs=0.5).warmup_samples == 25
+    with pytest.warns(UserWarning, match="cannot be sized"):
+        assert WeightedLoss.for_data(weighter).warmup_samples == 0
+    with pytest.raises(ValueError, match="needs the data's size"):
+        WeightedLoss.for_data(weighter, warmup_epochs=1)
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        WeightedLoss.for_data(weighter, labels=labels, warmup_epochs=-1)
+    assert WeightedLoss.for_data(MWNet(), labels=labels).warmup_samples == 0  # records none
+    shipped = WeightedLoss.from_pretrained("mwnet-fmnist-sym40", labels=labels, num_classes=10)
+    assert shipped.warmup_samples == 50  # meta-trained after 1 plain-CE epoch

@@ -16,6 +16,7 @@ from weightzoo.artifact.curve import curve_table
 from weightzoo.artifact.format import Artifact, Provenance
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.weighted_loss import meta_training_warmup_epochs
 
 LIBRARY_NAME = "weightzoo"
 
@@ -54,6 +55,7 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         + ("loss = crit.soft_label_loss(model(x), y, teacher_probs)  # trained with the SL loss\n```"
            if cfg.base_loss == "sl" else
            "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```"),
+        _warmup_line(weighter),
         "## Weighting function",
         f"- base loss: `{cfg.base_loss}`; loss input normalisation: `{cfg.input_norm}`"
         + (" (loss / ln C of the data it is applied to)" if cfg.input_norm == "log_classes" else "")
@@ -62,6 +64,16 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         "Weight at raw losses from 0 to 3 ln C (source C):",
         curve_table(weighter, 9).markdown(),
     ]
+
+
+def _warmup_line(weighter: CMWNet) -> str:
+    """How the criterion warms up, from the meta-training schedule the metadata records."""
+    epochs = meta_training_warmup_epochs(weighter)
+    if not epochs:
+        return "No warm-up is recorded: the criterion weights from the first step."
+    return (f"Meta-trained after {epochs:g} plain-CE epoch(s): the criterion returns plain CE for "
+            f"the first {epochs:g} epoch(s) of your data (counted in training samples), then "
+            "weights. `warmup_epochs=0` turns this off.")
 
 
 def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:

@@ -12,8 +12,8 @@ training uses.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,12 @@ class WeightedLoss(nn.Module):
     families: task families of the data being trained on (required for CMW-Net, K > 1).
     num_classes: classes of that data (for the loss-input normalisation); defaults to the
         families' class count, else the logits' width.
+    warmup_samples: the drop-in warm-up: until the criterion has seen this many training
+        samples (counted over calls whose losses require grad, i.e. training steps; a call
+        under ``torch.no_grad`` does not count) ``forward`` / ``reduce_losses`` /
+        ``soft_label_loss`` return the plain mean cross-entropy, as the weighter's own
+        meta-training ran plain CE before weighting. ``samples_seen`` is in ``state_dict``
+        (resume a loop and the warm-up resumes). 0: weight from the first step.
     nonfinite: what a sample with NaN / inf logits (or loss) does. ``raise`` (default):
         ``FloatingPointError`` naming the rows, before any gradient exists. ``skip``: the
         sample is left out of the loss and, masked *before* the loss, sends exactly zero
@@ -49,14 +55,29 @@ class WeightedLoss(nn.Module):
 
     def __init__(
         self, weighter: CMWNet, families: TaskFamilies | None = None,
-        num_classes: int | None = None, *, nonfinite: str = "raise",
+        num_classes: int | None = None, *, nonfinite: str = "raise", warmup_samples: int = 0,
     ) -> None:
         super().__init__()
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        if warmup_samples < 0:
+            raise ValueError(f"warmup_samples must be >= 0, got {warmup_samples}")
         self.weighting = SampleWeighting(weighter.eval().requires_grad_(False), families, num_classes)
         self.nonfinite = nonfinite
+        self.warmup_samples = int(warmup_samples)
+        self.samples_seen = 0
         self.last_weights = None
+
+    @property
+    def warming_up(self) -> bool:
+        """Still in the plain-CE warm-up (see ``warmup_samples``)."""
+        return self.samples_seen < self.warmup_samples
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"samples_seen": self.samples_seen}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.samples_seen = int(state["samples_seen"])
 
     @property
     def weighter(self) -> CMWNet:
@@ -82,18 +103,21 @@ class WeightedLoss(nn.Module):
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         num_classes: int | None = None, revision: str | None = None,
         local_files_only: bool = False, seed: int = 0, nonfinite: str = "raise",
+        warmup_epochs: float | None = None,
     ) -> WeightedLoss:
         """Load a weighter by name (zoo name, directory, ``org/repo[@rev]``) and fit families.
 
         class_counts: (C,) per-class counts of the training labels, or
         labels: (N,) the training labels as given (noisy labels included).
+        warmup_epochs: see :meth:`for_data` (default: the weighter's own meta-training
+            warm-up, recorded in its artifact).
         """
         weighter = CMWNet.from_pretrained(
             name_or_path, revision=revision, local_files_only=local_files_only
         )
         return cls.for_data(
             weighter, class_counts=class_counts, labels=labels, num_classes=num_classes, seed=seed,
-            nonfinite=nonfinite,
+            nonfinite=nonfinite, warmup_epochs=warmup_epochs,
         )
 
     @classmethod
@@ -102,16 +126,34 @@ class WeightedLoss(nn.Module):
         class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         num_classes: int | None = None, seed: int = 0, nonfinite: str = "raise",
+        warmup_epochs: float | None = None,
     ) -> WeightedLoss:
-        """Wrap ``weighter`` for a dataset given by its class counts or its labels."""
+        """Wrap ``weighter`` for a dataset given by its class counts or its labels.
+
+        warmup_epochs: plain-CE epochs of *this* data before weighting (counted in samples:
+            warmup_epochs x the number of training labels); None: the schedule the weighter
+            was meta-trained with (``metadata.method.schedule.warmup_epochs`` of its
+            artifact, 0 if it records none); 0: weight from the first step.
+        """
         counts = _resolve_counts(class_counts, labels, num_classes)
         families = None
         if counts is not None:
             families = TaskFamilies.fit(counts, weighter.num_families, seed=seed)
         elif weighter.num_families > 1:
             raise ValueError("pass class_counts= or labels= to fit the task families")
+        epochs = meta_training_warmup_epochs(weighter) if warmup_epochs is None else warmup_epochs
+        if epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {epochs}")
+        if epochs > 0 and counts is None:
+            if warmup_epochs is not None:
+                raise ValueError("warmup_epochs needs the data's size: pass labels= or class_counts=")
+            warnings.warn(f"the weighter was meta-trained after {epochs:g} plain-CE epoch(s); without "
+                          "labels= or class_counts= the warm-up cannot be sized and is off (pass "
+                          "them, or warmup_epochs=0 to silence this)", stacklevel=2)
+            epochs = 0
+        samples = round(epochs * int(counts.sum())) if epochs > 0 and counts is not None else 0
         return cls(weighter, families, num_classes or (len(counts) if counts is not None else None),
-                   nonfinite=nonfinite)
+                   nonfinite=nonfinite, warmup_samples=samples)
 
     def weights(
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
@@ -131,7 +173,9 @@ class WeightedLoss(nn.Module):
         """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
         if self.nonfinite == "raise" and not checked:
             self._raise_on_nonfinite(~torch.isfinite(losses), "loss")
-        weights = self.weights(losses, classes, num_classes, checked=checked)
+        weights = self._warmup_weights(losses)
+        if weights is None:
+            weights = self.weights(losses, classes, num_classes, checked=checked)
         self.last_weights = weights
         return self.weighting.reduce(losses, weights)
 
@@ -155,10 +199,23 @@ class WeightedLoss(nn.Module):
             raise ValueError(f"soft targets {tuple(soft_targets.shape)} and logits "
                              f"{tuple(logits.shape)} differ")
         logits, hard, _ = self._checked(logits, targets)
-        terms = soft_label_terms(logits.float(), hard, soft_targets.float(),
-                                 partial(self.weights, num_classes=logits.shape[1], checked=True))
+
+        def weights_of(losses: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            warm = self._warmup_weights(losses)  # plain CE on the given labels
+            return self.weights(losses, classes, logits.shape[1], checked=True) if warm is None else warm
+
+        terms = soft_label_terms(logits.float(), hard, soft_targets.float(), weights_of)
         self.last_weights = terms["label"].weights
         return total_loss(terms)
+
+    def _warmup_weights(self, losses: torch.Tensor) -> torch.Tensor | None:
+        """Weights 1 (the plain mean) while warming up, counting the batch when it is a
+        training step (its losses require grad); None once the warm-up is over."""
+        if not self.warming_up:
+            return None
+        if losses.requires_grad:
+            self.samples_seen += losses.shape[0]
+        return torch.ones_like(losses)
 
     def _checked(
         self, logits: torch.Tensor, targets: torch.Tensor
@@ -198,6 +255,13 @@ class WeightedLoss(nn.Module):
                 f"{int(bad.sum())} of {bad.numel()} samples have non-finite {what} (rows {rows}); "
                 "NaN / inf inputs? drop those rows before the forward, or pass nonfinite='skip'"
             )
+
+
+def meta_training_warmup_epochs(weighter: CMWNet) -> float:
+    """The plain-CE warm-up (epochs) the weighter was meta-trained after, from its artifact's
+    metadata (0 when it records none, e.g. a weighter built in code)."""
+    schedule = weighter.config.metadata.get("method", {}).get("schedule", {})
+    return float(schedule.get("warmup_epochs", 0) or 0)
 
 
 def _resolve_counts(
