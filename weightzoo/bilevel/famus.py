@@ -144,16 +144,16 @@ class Famus(MetaGradientEstimator):
 
     def prepare(self, model: nn.Module) -> None:
         """One sampler per candidate layer, on the model's device and dtype."""
+        named = dict(model.named_parameters())
         layers = [(prefix, names) for prefix, names in parameter_layers(model)
-                  if any(p.requires_grad for n, p in model.named_parameters() if n in names)]
+                  if any(named[n].requires_grad for n in names)]
         below = layers[:-1]
         count = len(below) if self.config.candidate_layers is None else self.config.candidate_layers
         self._layers = layers
         self._layer_of = {name: _key(prefix) for prefix, names in layers for name in names}
-        first = dict(model.named_parameters())
         reference = next(model.parameters())
         self.samplers = nn.ModuleDict({
-            _key(prefix): GradientSampler(pooled_gradient(first[names[0]].detach()).numel(),
+            _key(prefix): GradientSampler(pooled_gradient(named[names[0]].detach()).numel(),
                                           self.config.hidden)
             for prefix, names in below[len(below) - min(count, len(below)):]
         }).to(device=reference.device, dtype=reference.dtype)
@@ -226,7 +226,7 @@ class Famus(MetaGradientEstimator):
                 total = total + self.config.matching_weight * sum(
                     gradient_mismatch(captured["heads"][n], g.detach())
                     for n, g in zip(heads, meta_heads, strict=True))
-            sampler_params = [p for p in self.samplers.parameters()]
+            sampler_params = list(self.samplers.parameters())
             grads = torch.autograd.grad(total, [*problem.hyper_params, *sampler_params],
                                         materialize_grads=True, allow_unused=True,
                                         retain_graph=kept is not None)
