@@ -130,18 +130,19 @@ def heat_map(result: dict, path: Path) -> None:
                        for c in cells] for w in weighters])
     pick = np.array([[100 * summary[c]["pick_minus_ce"] for c in cells],
                      [100 * summary[c]["pick_minus_best_robust"] for c in cells]])
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.1 * len(cells) * 2, 1 + 0.5 * len(weighters)),
-                             gridspec_kw={"width_ratios": [1, 1]})
-    for ax, values, rows, title in ((axes[0], gains, weighters, "weighter − CE (points)"),
+    fig, axes = plt.subplots(2, 1, figsize=(3 + 1.0 * len(cells), 2.5 + 0.45 * len(weighters)),
+                             gridspec_kw={"height_ratios": [len(weighters), 2]})
+    for ax, values, rows, title in ((axes[0], gains, weighters, "frozen weighter − CE (points)"),
                                     (axes[1], pick, ["rule pick − CE", "rule pick − best robust"],
-                                     "the rule's pick (points)")):
+                                     "the weighter picked by the declared bias (points)")):
         limit = max(float(np.abs(values).max()), 1.0)
         ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_xticks(range(len(cells)), cells, rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_title(title, fontsize=9)
         for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=6)
+            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 * limit else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
