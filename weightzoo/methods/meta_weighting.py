@@ -112,7 +112,8 @@ class MetaWeightingConfig:
     normalization / input_norm: as in :class:`~weightzoo.weighting.nets.WeighterConfig`;
     estimator: the meta-gradient estimator: ``auto`` (the faster exact route for the model:
         ``jvp`` with convolutions or batch norm, else ``exact``), ``exact`` (second-order
-        backward) or ``jvp`` (the same gradient with one forward-mode pass instead);
+        backward), ``jvp`` (the same gradient with one forward-mode pass instead), or the
+        approximations ``last-layer`` and ``famus`` (options in ``[meta.famus]``);
     reuse_forward: the real step reuses the look-ahead's forward at theta instead of a
         fresh one (single process, no autocast); identical results unless the model has
         dropout (the masks are then shared with the look-ahead);
