@@ -321,23 +321,32 @@ def test_lowest_loss_indices_pick_clean_samples_and_restore_modes() -> None:
 
 
 def test_model_ema_update_math() -> None:
+    """d = min(decay, 1 - 1/(t + 1)) at the t-th update (the Mean Teacher ramp): the first
+    update copies the model, the second averages the two equally, ..., then the decay."""
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
     ema = ModelEMA(model, decay=0.9)
     assert not ema.module.training
     assert not any(p.requires_grad for p in ema.module.parameters())
-    old = snapshot(ema.module)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    model.train()(torch.randn(4, 2))  # moves BN statistics, counts one batch
-    ema.update(model)
-    new = model.state_dict()
-    for key, value in ema.module.state_dict().items():
-        if value.is_floating_point():
-            assert torch.allclose(value, 0.9 * old[key] + 0.1 * new[key]), key
-        else:
-            assert torch.equal(value, new[key]), key
-    assert int(ema.module[1].num_batches_tracked) == 1
+    for t, expected_decay in enumerate([0.0, 1 / 2, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9] + [0.9] * 4):
+        old = snapshot(ema.module)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model.train()(torch.randn(4, 2))  # moves BN statistics, counts one batch
+        ema.update(model)
+        new = model.state_dict()
+        for key, value in ema.module.state_dict().items():
+            if value.is_floating_point():
+                want = expected_decay * old[key] + (1 - expected_decay) * new[key]
+                assert torch.allclose(value, want), (t, key)
+            else:
+                assert torch.equal(value, new[key]), key
+        assert ema.updates == t + 1
+    assert int(ema.module[1].num_batches_tracked) == 13
+    resumed = ModelEMA(model, decay=0.9)
+    resumed.load_state_dict(ema.state_dict())
+    assert resumed.updates == 13
+    assert_same_state(resumed.module, snapshot(ema.module))
 
 
 def test_mixup_is_a_convex_combination() -> None:

@@ -132,13 +132,13 @@ class MetaSet:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"meta_draws": self._draws}
         if self.ema is not None:
-            state["ema"] = self.ema.module.state_dict()
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._draws = int(state.get("meta_draws", 0))
         if self.ema is not None and "ema" in state:
-            self.ema.module.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"])
 
 
 def balanced_clean_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
@@ -208,16 +208,28 @@ def _score(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: 
 class ModelEMA:
     """Exponential moving average of a model's parameters and floating buffers.
 
-    ``update``: ema <- decay * ema + (1 - decay) * model for floating tensors; integer
-    buffers (BatchNorm's ``num_batches_tracked``) are copied. ``.module`` is an eval-mode,
-    gradient-free copy to score samples or to produce soft labels.
+    ``update``: ema <- d * ema + (1 - d) * model for floating tensors, with the Mean Teacher
+    ramp d = min(decay, 1 - 1 / (t + 1)) at the t-th update (t = 0, 1, ...): until the
+    decay's horizon is reached the copy is the running mean of the models seen, not of the
+    initialisation (with decay 0.997 a small dataset's warm-up of a few dozen steps would
+    otherwise leave a teacher that is ~90% random weights). Integer buffers (BatchNorm's
+    ``num_batches_tracked``) are copied. ``.module`` is an eval-mode, gradient-free copy to
+    score samples or to produce soft labels; ``state_dict`` holds it and the update count.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
+        self.updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -225,12 +237,14 @@ class ModelEMA:
         averaged = _named_tensors(self.module)
         if current.keys() != averaged.keys():
             raise ValueError("the model's state does not match the EMA copy's (other architecture?)")
+        decay = min(self.decay, 1.0 - 1.0 / (self.updates + 1))
         for key, ema_value in averaged.items():
             value = current[key].to(ema_value.device)
             if ema_value.is_floating_point():
-                ema_value.mul_(self.decay).add_(value, alpha=1.0 - self.decay)
+                ema_value.mul_(decay).add_(value, alpha=1.0 - decay)
             else:
                 ema_value.copy_(value)
+        self.updates += 1
 
 
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -101,11 +101,11 @@ class FrozenWeighting(Method):
             self.teacher.update(trainer.module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.module.state_dict()} if self.teacher is not None else {}
+        return {"teacher": self.teacher.state_dict()} if self.teacher is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.teacher is not None and "teacher" in state:
-            self.teacher.module.load_state_dict(state["teacher"])
+            self.teacher.load_state_dict(state["teacher"])
 
 
 @dataclass

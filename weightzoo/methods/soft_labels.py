@@ -88,9 +88,9 @@ class SoftLabelMetaWeighting(MetaWeighting):
 
     def state_dict(self) -> dict[str, Any]:
         assert self.teacher is not None
-        return {**super().state_dict(), "teacher": self.teacher.module.state_dict()}
+        return {**super().state_dict(), "teacher": self.teacher.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.teacher is not None
         super().load_state_dict(state)
-        self.teacher.module.load_state_dict(state["teacher"])
+        self.teacher.load_state_dict(state["teacher"])
