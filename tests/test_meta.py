@@ -327,7 +327,8 @@ def test_model_ema_update_math() -> None:
     ema = ModelEMA(model, decay=0.9)
     assert not ema.module.training
     assert not any(p.requires_grad for p in ema.module.parameters())
-    for t, expected_decay in enumerate([0.0, 1 / 2, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9] + [0.9] * 4):
+    ramp = [0.0, 1 / 2, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9]  # 1 - 1/(t+1) < 0.9
+    for t, expected_decay in enumerate(ramp + [0.9] * 4):
         old = snapshot(ema.module)
         with torch.no_grad():
             for p in model.parameters():
