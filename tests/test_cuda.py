@@ -34,9 +34,10 @@ def conv_bn() -> nn.Module:
                          nn.Linear(4 * 8 * 8, 10))
 
 
-@pytest.mark.parametrize("estimator", ["exact", "jvp"])
+@pytest.mark.parametrize("estimator", ["exact", "jvp", "famus"])
 def test_meta_gradient_on_cuda_equals_cpu(estimator: str) -> None:
-    """float64 on both devices: the weighter's meta-gradient agrees to 1e-9 (BatchNorm included)."""
+    """float64 on both devices: the weighter's meta-gradient agrees to 1e-9 (BatchNorm included;
+    FaMUS: the same sampler initialisation and Gumbel noise on both)."""
     torch.manual_seed(0)
     model = conv_bn().double()
     x, y = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
@@ -45,6 +46,7 @@ def test_meta_gradient_on_cuda_equals_cpu(estimator: str) -> None:
     grads = {}
     for device in ("cpu", "cuda"):
         sw = SampleWeighting.fit(weighter, COUNTS).to(device)
+        torch.manual_seed(1)  # FaMUS builds its samplers at the first call
         result = weighting_meta_gradient(
             model.to(device), sw, x.to(device), y.to(device), mx.to(device), my.to(device), lr=0.1,
             estimator=build_estimator(estimator))
