@@ -353,6 +353,16 @@ def test_warmup_returns_plain_ce_for_the_first_training_samples() -> None:
         WeightedLoss(_weighter(), families, warmup_samples=-1)
 
 
+def test_warmup_counts_every_rank_under_torch_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of 4 ranks sees its shard: a local batch of 8 is 32 samples of the epoch."""
+    monkeypatch.setattr("weightzoo.distributed.rank_and_world", lambda: (1, 4))
+    crit = WeightedLoss(MWNet(), None, C, warmup_samples=40)
+    crit(_logits(), TARGETS)
+    assert crit.samples_seen == 32 and crit.warming_up
+    crit(_logits(), TARGETS)
+    assert crit.samples_seen == 64 and not crit.warming_up
+
+
 def test_warmup_defaults_to_the_weighters_meta_training_schedule() -> None:
     """``for_data`` sizes the warm-up on the target data: warmup_epochs x its label count,
     by default the warm-up the weighter's artifact says it was meta-trained after."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from weightzoo import distributed
 from weightzoo.losses import per_sample_loss
 from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
 from weightzoo.weighting.nets import CMWNet
@@ -39,7 +40,8 @@ class WeightedLoss(nn.Module):
         families' class count, else the logits' width.
     warmup_samples: the drop-in warm-up: until the criterion has seen this many training
         samples (counted over calls whose losses require grad, i.e. training steps; a call
-        under ``torch.no_grad`` does not count) ``forward`` / ``reduce_losses`` /
+        under ``torch.no_grad`` does not count; under torch.distributed a batch counts
+        world-size times, as every rank sees its own shard) ``forward`` / ``reduce_losses`` /
         ``soft_label_loss`` return the plain mean cross-entropy, as the weighter's own
         meta-training ran plain CE before weighting. ``samples_seen`` is in ``state_dict``
         (resume a loop and the warm-up resumes). 0: weight from the first step.
@@ -214,7 +216,7 @@ class WeightedLoss(nn.Module):
         if not self.warming_up:
             return None
         if losses.requires_grad:
-            self.samples_seen += losses.shape[0]
+            self.samples_seen += losses.shape[0] * distributed.rank_and_world()[1]
         return torch.ones_like(losses)
 
     def _checked(
