@@ -134,8 +134,9 @@ class Famus(MetaGradientEstimator):
         self.generator = torch.Generator().manual_seed(seed)
         self.samplers = nn.ModuleDict()
         self.optimizer: torch.optim.Optimizer | None = None
-        self._layers: list[tuple[str, list[str]]] = []
-        self._layer_of: dict[str, str] = {}
+        self._reads: dict[str, str] = {}  # sampler key -> the parameter whose gradient it reads
+        self._layer_of: dict[str, str] = {}  # parameter name -> its layer's key
+        self._head: list[str] = []  # the head's parameter names
         self._selected: list[float] = []
 
     @classmethod
@@ -147,44 +148,43 @@ class Famus(MetaGradientEstimator):
         named = dict(model.named_parameters())
         layers = [(prefix, names) for prefix, names in parameter_layers(model)
                   if any(named[n].requires_grad for n in names)]
-        below = layers[:-1]
+        *below, (_, self._head) = layers
         count = len(below) if self.config.candidate_layers is None else self.config.candidate_layers
-        self._layers = layers
+        candidates = below[len(below) - min(count, len(below)):]
         self._layer_of = {name: _key(prefix) for prefix, names in layers for name in names}
+        self._reads = {_key(prefix): names[0] for prefix, names in candidates}
         reference = next(model.parameters())
         self.samplers = nn.ModuleDict({
-            _key(prefix): GradientSampler(pooled_gradient(named[names[0]].detach()).numel(),
-                                          self.config.hidden)
-            for prefix, names in below[len(below) - min(count, len(below)):]
+            key: GradientSampler(pooled_gradient(named[name].detach()).numel(), self.config.hidden)
+            for key, name in self._reads.items()
         }).to(device=reference.device, dtype=reference.dtype)
         self.optimizer = torch.optim.SGD(self.samplers.parameters(), lr=self.config.sampler_lr,
                                          momentum=self.config.sampler_momentum) if self.samplers else None
 
     def _gates(self, grads: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
         """Candidate layer key -> straight-through hard gate r (value 0 or 1, graph to its
-        sampler)."""
+        sampler); the Gumbel noise of all samplers is drawn at once."""
+        present = {key: grads[name] for key, name in self._reads.items() if grads.get(name) is not None}
+        if not present:
+            return {}
+        uniform = torch.rand(len(present), 2, generator=self.generator, dtype=torch.float64)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-12)))
+        gumbel = gumbel.to(next(iter(present.values())))
         gates = {}
-        for prefix, names in self._layers:
-            key = _key(prefix)
-            grad = grads.get(names[0])
-            if key not in self.samplers or grad is None:
-                continue
+        for noise, (key, grad) in zip(gumbel, present.items(), strict=True):
             logits = self.samplers[key](_standardised(pooled_gradient(grad.detach())))
-            uniform = torch.rand(2, generator=self.generator, dtype=torch.float64)
-            gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-12)))
-            soft = F.softmax((logits + gumbel.to(logits)) / self.config.temperature, dim=-1)
+            soft = F.softmax((logits + noise) / self.config.temperature, dim=-1)
             hard = F.one_hot(soft.argmax(), 2).to(soft)
             gates[key] = (hard - soft.detach() + soft)[1]
         return gates
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
         require_single_process(self.name)
-        if not self._layers:
+        if not self._head:
             self.prepare(problem.model)
         seen: list[torch.Tensor] = []
         captured: dict[str, Any] = {}
-        head_prefix, head_names = self._layers[-1]
-        head_key = _key(head_prefix)
+        head_key = self._layer_of[self._head[0]]
 
         def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
             seen.append(logits)
@@ -194,7 +194,7 @@ class Famus(MetaGradientEstimator):
             gates = self._gates(grads)
             values = torch.stack(list(gates.values())).tolist() if gates else []  # one host sync
             chosen = dict(zip(gates, values, strict=True))
-            captured.update(gates=gates, chosen=chosen, heads={n: grads.get(n) for n in head_names})
+            captured.update(gates=gates, chosen=chosen, heads={n: grads.get(n) for n in self._head})
             out: dict[str, torch.Tensor | None] = {}
             for name, grad in grads.items():
                 key = self._layer_of.get(name)
@@ -221,7 +221,7 @@ class Famus(MetaGradientEstimator):
                 total = total + self.config.sparsity_weight * (
                     sum(gates.values()) - min(self.config.expected_layers, len(gates))) ** 2
             if self.config.matching_weight > 0:
-                heads = [name for name in head_names if captured["heads"].get(name) is not None]
+                heads = [name for name in self._head if captured["heads"].get(name) is not None]
                 meta_heads = torch.autograd.grad(meta_loss, [state[n] for n in heads], retain_graph=True)
                 total = total + self.config.matching_weight * sum(
                     gradient_mismatch(captured["heads"][n], g.detach())
@@ -249,7 +249,7 @@ class Famus(MetaGradientEstimator):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self._layers, "prepare() was not called"
+        assert self._head, "prepare() was not called"
         self.samplers.load_state_dict(state["samplers"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
