@@ -57,7 +57,8 @@ def add_run_options(parser: argparse.ArgumentParser, runs: str, results: str) ->
 
 def machine_line(m: dict[str, Any]) -> str:
     """'Machine: CPU (N cores), torch V, DATE UTC' for a results table's header."""
-    return f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date_utc']} UTC"
+    gpu = f", GPU {m['device']}" if m.get("device", "cpu") != "cpu" else ""
+    return f"Machine: {m['cpu']} ({m['cores']} cores){gpu}, torch {m['torch']}, {m['date_utc']} UTC"
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -84,7 +85,8 @@ def machine() -> dict[str, Any]:
 
     return {"date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": "cpu"}
+            # the device `weightzoo` jobs run on (their --device default is auto)
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
 def write_results(path: Path, result: dict[str, Any], markdown: Callable[[dict], str]) -> None:

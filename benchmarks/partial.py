@@ -4,6 +4,12 @@ PRODEN labels), and PRODEN + plain CE as the second-stage control, over flipping
 probabilities q and seeds, identical data per (q, seed).
 
     python -m benchmarks.partial [--qs 0.1 0.3 0.5 0.7] [--seeds 0 1 2] [--parallel 2]
+        [--kind partial|partial-pair] [--meta-set train|singletons]
+
+``--meta-set singletons``: stage 2's meta set is the samples whose candidate set holds one
+label (exactly labelled, held out of stage 2; no mixup) instead of the recipe's set rebuilt
+from the training data; ``partial:q`` sets are never singletons, so it needs
+``--kind partial-pair``.
 
 Also measures PRODEN whose stage-1 losses are weighted by the frozen weighter
 (``regime.proden_weighter``) at ``--weighted-qs``. Writes benchmarks/results/partial_mnist5k.json
@@ -35,18 +41,22 @@ APPLY_SCHEDULE = ["--epochs", "20", "--milestones", "12,16", "--warmup-epochs", 
 COLUMNS = ("proden", "proden+ce", "proden+cmwnet", "proden+frozen", "proden-weighted")
 
 
-def meta_job(q: float, seed: int, runs: Path) -> tuple[list[str], Path]:
+def meta_job(q: float, seed: int, runs: Path, kind: str, meta_set: str) -> tuple[list[str], Path]:
     """PRODEN (stage 1), then CMW-Net meta-trained on its labels, with the PRODEN + CE control."""
     base = runs / f"q{q}" / f"seed{seed}"
+    meta = (["--set", "meta.source=singletons", "--set", "meta.mixup_alpha=0.0"]
+            if meta_set == "singletons" else [])
     return (["train", RECIPE, "--out", str(base / "meta"), "--seed", str(seed), "--set",
-             f"data.bias=partial:{q}", "--baseline", "ce"], base / "meta" / "metrics.json")
+             f"data.bias={kind}:{q}", *meta, "--baseline", "ce"], base / "meta" / "metrics.json")
 
 
-def zoo_jobs(q: float, seed: int, runs: Path, zoo: str, weighted: bool) -> list[tuple[list[str], Path]]:
+def zoo_jobs(
+    q: float, seed: int, runs: Path, zoo: str, weighted: bool, kind: str
+) -> list[tuple[list[str], Path]]:
     """PRODEN + the frozen zoo weighter (apply), and PRODEN weighted by it in stage 1."""
     base = runs / f"q{q}" / f"seed{seed}"
-    bias = f"data.bias=partial:{q}"
-    jobs = [(["apply", zoo, "--data", "mnist5k", "--bias", f"partial:{q}", "--regime", "partial",
+    bias = f"data.bias={kind}:{q}"
+    jobs = [(["apply", zoo, "--data", "mnist5k", "--bias", f"{kind}:{q}", "--regime", "partial",
               "--seed", str(seed), *APPLY_SCHEDULE, "--out", str(base / "frozen")],
              base / "frozen" / "comparison.json")]
     if weighted:
@@ -79,11 +89,13 @@ def main() -> None:
     add_run_options(parser, "runs/bench-partial", "benchmarks/results/partial_mnist5k")
     parser.add_argument("--meta-only", action="store_true",
                         help="Run the meta-training jobs only (no frozen zoo weighter).")
+    parser.add_argument("--kind", choices=["partial", "partial-pair"], default="partial")
+    parser.add_argument("--meta-set", choices=["train", "singletons"], default="train")
     args = parser.parse_args()
-    jobs = [meta_job(q, s, args.runs) for q in args.qs for s in args.seeds]
+    jobs = [meta_job(q, s, args.runs, args.kind, args.meta_set) for q in args.qs for s in args.seeds]
     if not args.meta_only:
         jobs += [job for q in args.qs for s in args.seeds
-                 for job in zoo_jobs(q, s, args.runs, args.zoo, q in args.weighted_qs)]
+                 for job in zoo_jobs(q, s, args.runs, args.zoo, q in args.weighted_qs, args.kind)]
     run_jobs(jobs, args.parallel, args.runs / "jobs.log")
     summary = {}
     for q in args.qs:
@@ -91,7 +103,8 @@ def main() -> None:
         keys = (*COLUMNS, "proden+cmwnet_best", "label_acc")
         summary[str(q)] = {key: mean_std([r[key] for r in rows]) for key in keys if rows[0][key] is not None}
         summary[str(q)]["per_seed"] = rows
-    result = {"machine": machine(), "seeds": args.seeds, "recipe": RECIPE,
+    result = {"machine": machine(), "seeds": args.seeds, "recipe": RECIPE, "kind": args.kind,
+              "meta_set": args.meta_set,
               "zoo_weighter": None if args.meta_only else args.zoo,
               "command": "python -m benchmarks.partial " + " ".join(sys.argv[1:]), "summary": summary}
     write_results(args.results, result, markdown)
@@ -100,8 +113,10 @@ def main() -> None:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"{machine_line(m)}; "
-             f"MNIST-5k, MLP, 20 epochs per stage, seeds {result['seeds']}; test accuracy (%) at "
-             f"the last epoch, mean ± std. Frozen weighter: {result['zoo_weighter']}.", "",
+             f"MNIST-5k, MLP, 20 epochs per stage, `{result.get('kind', 'partial')}:q` candidate "
+             f"sets, stage-2 meta set `{result.get('meta_set', 'train')}`, seeds {result['seeds']}; "
+             "test accuracy (%) at the last epoch, mean ± std. "
+             f"Frozen weighter: {result['zoo_weighter']}.", "",
              "| q | PRODEN | PRODEN + CE | PRODEN + CMW-Net (meta) | PRODEN + frozen zoo | "
              "PRODEN, stage 1 weighted | predicted-label acc |", "|---|---|---|---|---|---|---|"]
     for q, row in result["summary"].items():

@@ -10,6 +10,7 @@ from weightzoo.cli import options
 from weightzoo.cli.train import ACC_COLUMNS
 from weightzoo.partial_regime import APPLY_REGIMES
 from weightzoo.training.engine import Schedule
+from weightzoo.weighting.nets import BASE_LOSSES
 
 
 def default_milestones(epochs: int) -> list[int]:
@@ -41,9 +42,9 @@ def default_warmup(epochs: int) -> int:
               help="Plain-CE epochs before weighting starts (default: 2, fewer when --epochs < 3).")
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
-@click.option("--loss", type=click.Choice(["auto", "ce", "sl"]), default="auto", show_default=True,
-              help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, or the "
-                   "soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
+@click.option("--loss", type=click.Choice(["auto", *BASE_LOSSES]), default="auto", show_default=True,
+              help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, GCE or "
+                   "SCE, or the soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
 @click.option("--regime", type=click.Choice(APPLY_REGIMES), default="supervised",
               show_default=True,
               help="partial: PRODEN on the candidate sets first (the 'proden' baseline), then the "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped zoo (pretrained/) from the project's own recipes: each weighter is
 # meta-trained by `weightzoo train` with a CE baseline on identical data (seed 0), then its
-# artifact directory and metrics.json are copied into pretrained/NAME.  ~20 min on 2 CPU cores.
+# artifact directory and metrics.json are copied into pretrained/NAME.  ~25 min on 2 CPU cores.
 # ONLY="name ..." rebuilds only those entries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +17,12 @@ declare -A ZOO=(
   [cmwnet-sl-fmnist-sym40]=fmnist-sym40-cmwnet-sl
   [arl-gce-fmnist-sym40]=fmnist-sym40-arl-gce
   [cmwnet-fixmatch4-fmnist]=fmnist-fixmatch4-cmwnet
+  [cmwnet-sce-fmnist-longtail-noise]=fmnist-longtail-noise-cmwnet-sce
 )
 # the baseline each entry is trained beside (recorded in its card): CE, except where another
-# is the fair reference (FixMatch's threshold mask for a FixMatch mask)
-declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch)
+# is the fair reference (FixMatch's threshold mask for a FixMatch mask, the robust loss a
+# weighter weights)
+declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch [cmwnet-sce-fmnist-longtail-noise]=sce)
 for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then

@@ -221,6 +221,20 @@ def test_model_card(saved: Path) -> None:
     assert text.count("| small classes | medium classes | large classes |") == 1
 
 
+def test_model_card_states_measured_transfer(tmp_path: Path) -> None:
+    transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": "2026-11-26 09:00", "seeds": [0, 1, 2],
+                "cells": {"digits-mlp sym40": {"acc": 0.90, "ce": 0.85, "best_robust": "gce",
+                                               "best_robust_acc": 0.95, "device": "cpu"}}}
+    weighter = CMWNet(metadata={**METADATA, "transfer": transfer})
+    directory = save_artifact(weighter, tmp_path / "w", curve=False)
+    text = ModelCard.load(directory / CARD_NAME).text
+    assert "## Measured transfer" in text
+    assert "| digits-mlp sym40 | 90.00 | 85.00 | gce 95.00 | +5.00 | -5.00 |" in text
+    assert load_artifact(directory).config.metadata["transfer"] == transfer
+    assert "Measured transfer" not in ModelCard.load(save_artifact(
+        _weighter(), tmp_path / "plain", curve=False) / CARD_NAME).text
+
+
 def test_model_card_long_tail_tag(tmp_path: Path) -> None:
     torch.manual_seed(0)
     weighter = MWNet(metadata={"source": {"dataset": "cifar10", "bias": "longtail-100"}})

@@ -113,7 +113,7 @@ def test_sl_artifact_records_its_loss(sl_weighter: Path) -> None:
     assert FrozenWeighting(weighter=weighter).loss == "sl"  # frozen use defaults to its loss
     assert FrozenWeighting(FrozenConfig(loss="ce"), weighter=weighter).loss == "ce"
     with pytest.raises(ValueError, match="method.loss must be one of"):
-        FrozenConfig(loss="gce")
+        FrozenConfig(loss="focal")
 
 
 def test_frozen_sl_weighter_applies_with_the_sl_loss(sl_weighter: Path, tmp_path: Path) -> None:
@@ -160,3 +160,77 @@ def test_frozen_methods_load_their_artifact_by_name(sl_weighter: Path) -> None:
         FrozenLoss(FrozenLossConfig())
     with pytest.raises(TypeError, match="not a LearnedRobustLoss"):
         FrozenLoss(FrozenLossConfig(loss=str(sl_weighter)))
+
+
+# --- a robust base loss under the weighter -------------------------------------------------
+
+
+def test_weighting_term_weights_the_base_loss_at_the_samples_cross_entropy() -> None:
+    from weightzoo.losses import per_sample_loss
+    from weightzoo.weighting.sample_weighting import SampleWeighting
+
+    torch.manual_seed(0)
+    weighting = SampleWeighting.fit(CMWNet(num_families=2), [40, 40, 5, 5])
+    logits, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    ce = F.cross_entropy(logits, y, reduction="none")
+    expected_weights = weighting.weighter(ce, weighting.family_of_class[y], 4)
+    for base in ("ce", "gce", "sce"):
+        term = weighting.term(base, logits, y, grad=True)
+        torch.testing.assert_close(term.losses, per_sample_loss(base, logits, y))
+        torch.testing.assert_close(term.weights, expected_weights)  # read at the CE, whatever the base
+        assert term.weights.requires_grad and term.normalization == "sum"
+        plain = weighting.term(base, logits, y, weighted=False)
+        assert plain.weights is None and torch.equal(plain.losses, term.losses)
+    assert not weighting.term("gce", logits, y).weights.requires_grad
+    with pytest.raises(ValueError, match="base loss 'sl' is not one of"):
+        weighting.term("sl", logits, y)
+
+
+def test_base_loss_options_are_validated() -> None:
+    from weightzoo.methods.meta_weighting import MetaWeightingConfig
+    from weightzoo.methods.soft_labels import SoftLabelConfig
+
+    assert MetaWeightingConfig(base_loss="sce").base_loss == "sce"
+    with pytest.raises(ValueError, match="method.base_loss must be one of"):
+        MetaWeightingConfig(base_loss="focal")
+    with pytest.raises(ValueError, match="does not apply to cmwnet-sl"):
+        SoftLabelConfig(base_loss="gce")
+    with pytest.raises(ValueError, match="unknown base_loss"):
+        CMWNet(base_loss="mae")
+    with pytest.raises(ValueError, match="base_loss must be one of"):
+        WeightedLoss(MWNet(), base_loss="sl")
+
+
+@pytest.fixture(scope="module")
+def gce_weighter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gce") / "run"
+    recipe = load_recipe("digits-sym40-mwnet", [*SHORT, "schedule.warmup_epochs=1", "schedule.epochs=3",
+                                                "method.base_loss=\"gce\""])
+    metrics = train_recipe(recipe, out, device="cpu", progress=False)
+    assert metrics["test_acc"] > 0.5
+    return out / WEIGHTER_DIR
+
+
+def test_a_weighter_meta_trained_over_gce_is_applied_over_gce(gce_weighter: Path, tmp_path: Path) -> None:
+    from weightzoo.losses import per_sample_loss
+
+    weighter = load_artifact(gce_weighter)
+    assert weighter.config.base_loss == "gce" and weighter.config.metadata["method"]["base_loss"] == "gce"
+    assert FrozenWeighting(weighter=weighter).loss == "gce"
+    assert "weighted GCE" in (gce_weighter / "README.md").read_text()
+    # drop-in use weights GCE at each sample's CE, unless told otherwise
+    crit = WeightedLoss.for_data(weighter, class_counts=[30] * 10, warmup_epochs=0)
+    torch.manual_seed(1)
+    logits, y = torch.randn(16, 10), torch.randint(0, 10, (16,))
+    w = weighter(F.cross_entropy(logits, y, reduction="none"), None, 10)
+    gce = per_sample_loss("gce", logits, y)
+    torch.testing.assert_close(crit(logits, y), (w * gce).sum() / w.sum())
+    as_ce = WeightedLoss.for_data(weighter, class_counts=[30] * 10, warmup_epochs=0, base_loss="ce")
+    ce = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(as_ce(logits, y), (w * ce).sum() / w.sum())
+    result = apply_weighter(str(gce_weighter), tmp_path / "apply", dataset="digits", bias="symmetric:0.4",
+                            model={"name": "mlp", "hidden": [32]}, seed=1, baselines=(),
+                            schedule=Schedule(epochs=2, warmup_epochs=1), progress=False)
+    assert result["runs"]["weighter"]["test_acc"] > 0.3
+    ckpt = torch.load(tmp_path / "apply" / "weighter" / "checkpoint.pt", weights_only=True)
+    assert ckpt["run"]["method"] == "weighter:mwnet:gce"

@@ -20,8 +20,8 @@ from weightzoo.data.partial import candidate_sets, check_candidates, expected_se
 from weightzoo.data.sources import load_dataset
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.proden import Proden, restricted_softmax
-from weightzoo.partial_regime import relabelled
-from weightzoo.pipeline import prepare_data
+from weightzoo.partial_regime import relabelled, singleton_meta_set
+from weightzoo.pipeline import prepare_data, train_recipe
 from weightzoo.recipe import load_recipe
 from weightzoo.training.engine import Schedule, Trainer
 
@@ -165,6 +165,49 @@ def test_partial_recipe_runs_both_stages(tmp_path: Path) -> None:
 def test_partial_regime_refuses_a_clean_meta_set() -> None:
     with pytest.raises(ValueError, match="no clean labels to hold out"):
         load_recipe("mnist5k-partial30-cmwnet", ["meta.source=clean"])
+
+
+def test_singleton_meta_set_holds_out_exactly_labelled_samples_without_reading_the_truth() -> None:
+
+    data = prepare_data("digits", "partial-pair:0.5", seed=0)
+    sets = data.train.candidates
+    assert sets is not None
+    predicted = torch.randint(0, 10, (len(data.train.y),), generator=torch.Generator().manual_seed(1))
+    stage2 = relabelled(data, predicted)
+    # hide the truth: the meta labels must come from the candidate sets alone
+    hidden = replace(stage2, train=replace(stage2.train, clean_y=None))
+    held = singleton_meta_set(hidden, sets, per_class=4, seed=0)
+    assert held.meta_x is not None and held.meta_y is not None
+    counts = torch.bincount(held.meta_y, minlength=10)
+    available = held.bias.report["meta_singletons"]["available_per_class"]
+    assert counts.tolist() == [min(4, a) for a in available] == held.bias.report["meta_singletons"][
+        "held_out_per_class"]
+    single = torch.nonzero(sets.sum(1) == 1).squeeze(1)
+    assert sum(available) == len(single) > 0
+    # every meta sample is an exactly labelled training sample, with its true label, and left training
+    rows = {tuple(r.flatten().tolist()): i for i, r in enumerate(data.train.x)}
+    index = torch.tensor([rows[tuple(r.flatten().tolist())] for r in held.meta_x])
+    assert bool((sets[index].sum(1) == 1).all())
+    assert torch.equal(held.meta_y, data.train.clean_y[index])
+    assert len(held.train.y) == len(stage2.train.y) - len(index)
+    assert len(held.bias.labels) == len(held.train.y) == len(held.bias.is_noisy)
+    none = torch.zeros_like(sets)
+    none[:, 0] = True
+    none[:, 1] = True
+    with pytest.raises(ValueError, match="no candidate set has a single label"):
+        singleton_meta_set(stage2, none, per_class=4, seed=0)
+
+
+def test_partial_recipe_with_a_singleton_meta_set(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs regime.name = 'partial'"):
+        load_recipe("digits-sym40-mwnet", ["meta.source=\"singletons\""])
+    recipe = load_recipe("mnist5k-partial30-cmwnet", [
+        "data.dataset=\"digits\"", "data.bias=\"partial-pair:0.5\"", "meta.source=\"singletons\"",
+        "meta.per_class=5", "meta.mixup_alpha=0.0", "schedule.epochs=2", "schedule.milestones=[]"])
+    train_recipe(recipe, tmp_path / "run", device="cpu", progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    held = run["data"]["bias"]["meta_singletons"]["held_out_per_class"]
+    assert run["data"]["n_meta"] == sum(held) > 0 and max(held) <= 5
 
 
 def test_apply_partial_regime_compares_with_proden(tmp_path: Path) -> None:

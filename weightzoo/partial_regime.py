@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from weightzoo.bilevel.metaset import balanced_clean_indices
 from weightzoo.methods.proden import Proden, ProdenConfig
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 
@@ -76,6 +77,38 @@ def relabelled(data: PreparedData, labels: torch.Tensor) -> PreparedData:
                          num_classes=train.num_classes, clean_y=clean)
     bias = replace(data.bias, labels=labels, is_noisy=noisy, report=report, candidates=None)
     return replace(data, train=stage2, bias=bias)
+
+
+def singleton_meta_set(
+    data: PreparedData, candidates: torch.Tensor, per_class: int, seed: int
+) -> PreparedData:
+    """Stage 2's data with up to ``per_class`` samples per class whose candidate set (N, C)
+    holds a single label held out as its meta set (their label is exact: no clean labels are
+    read) and trained on no more; the bias report records how many there were."""
+    single = candidates.sum(dim=1) == 1
+    if not bool(single.any()):
+        raise ValueError("no candidate set has a single label, so meta.source = 'singletons' has no "
+                         "meta set (generated `partial:q` sets never do: each gets a wrong label); "
+                         "use meta.source = 'train'")
+    index = torch.nonzero(single).squeeze(1)
+    exact = candidates[index].float().argmax(dim=1)
+    chosen = index[balanced_clean_indices(exact, per_class, seed)]
+    keep = torch.ones(len(candidates), dtype=torch.bool)
+    keep[chosen] = False
+    train, bias = data.train, data.bias
+    num_classes = train.num_classes
+    report = {**bias.report, "meta_singletons": {
+        "available_per_class": torch.bincount(exact, minlength=num_classes).tolist(),
+        "held_out_per_class": torch.bincount(candidates[chosen].float().argmax(dim=1),
+                                             minlength=num_classes).tolist(),
+    }}
+    clean = None if train.clean_y is None else train.clean_y[keep]
+    stage2 = TrainingSet(x=train.x[keep], y=train.y[keep], test_x=train.test_x, test_y=train.test_y,
+                         num_classes=num_classes, clean_y=clean)
+    kept = replace(bias, indices=bias.indices[keep], labels=bias.labels[keep],
+                   clean_labels=bias.clean_labels[keep], is_noisy=bias.is_noisy[keep], report=report)
+    meta_y = candidates[chosen].float().argmax(dim=1)
+    return replace(data, train=stage2, bias=kept, meta_x=train.x[chosen], meta_y=meta_y)
 
 
 def proden_stage(

@@ -34,7 +34,7 @@ from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
 from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
-from weightzoo.partial_regime import APPLY_REGIMES, STAGE1_DIR, proden_stage
+from weightzoo.partial_regime import APPLY_REGIMES, STAGE1_DIR, proden_stage, singleton_meta_set
 from weightzoo.recipe import Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
@@ -243,7 +243,11 @@ def train_recipe(
             out / STAGE1_DIR, seed=recipe.seed, device=device, resume=resume, progress=progress,
             weighter=recipe.regime.proden_weighter,
         )
+        candidates = data.train.candidates
         data = stage1.data
+        if method.singleton_meta_per_class:
+            assert candidates is not None
+            data = singleton_meta_set(data, candidates, method.singleton_meta_per_class, recipe.seed)
         check_training_labels(data.train)
     model = build_checked_model(recipe.model, data.splits, recipe.seed)
     if stage1 is not None:

@@ -129,7 +129,10 @@ class Recipe:
             raise ValueError(f"{where}: schedule.warmup_epochs must be >= 0 and schedule.lr > 0")
         if self.regime.name == "partial" and self.held_out_per_class() > 0:
             raise ValueError(f"{where}: partial-label data has no clean labels to hold out as a meta "
-                             "set: use meta.source = 'train' (CMW-Net §4.2)")
+                             "set: use meta.source = 'train' (CMW-Net §4.2) or 'singletons'")
+        if self.regime.name != "partial" and self.method.build().singleton_meta_per_class:
+            raise ValueError(f"{where}: meta.source = 'singletons' (one-label candidate sets) needs "
+                             "regime.name = 'partial'")
         check = getattr(self.method.config, "validate", None)
         if check is not None:
             try:

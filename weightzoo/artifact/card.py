@@ -45,8 +45,9 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
     return [
         f"A learned sample-weighting function ({cfg.kind.upper()}, {cfg.num_families} task "
         f"famil{'y' if cfg.num_families == 1 else 'ies'}) for robust training on biased data. "
-        "It maps a sample's loss (and, for CMW-Net, the size family of its label's class) "
-        "to a weight in [0, 1].",
+        "It maps a sample's cross entropy (and, for CMW-Net, the size family of its label's "
+        "class) to a weight in [0, 1]"
+        + (f" that multiplies the sample's `{cfg.base_loss}` loss." if cfg.base_loss != "ce" else "."),
         "## Usage",
         "```python\nfrom weightzoo import WeightedLoss\n\n"
         "# NAME: a shipped zoo name, a local directory, or a Hub repo id org/name[@revision]\n"
@@ -54,7 +55,8 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         "labels=train_labels, num_classes=C)\n"
         + ("loss = crit.soft_label_loss(model(x), y, teacher_probs)  # trained with the SL loss\n```"
            if cfg.base_loss == "sl" else
-           "loss = crit(model(x), y)  # weighted CE; crit.last_weights holds the batch's weights\n```"),
+           f"loss = crit(model(x), y)  # weighted {cfg.base_loss.upper()}; "
+           "crit.last_weights holds the batch's weights\n```"),
         _warmup_line(weighter),
         "## Weighting function",
         f"- base loss: `{cfg.base_loss}`; loss input normalisation: `{cfg.input_norm}`"
@@ -71,9 +73,10 @@ def _warmup_line(weighter: CMWNet) -> str:
     epochs = meta_training_warmup_epochs(weighter)
     if not epochs:
         return "No warm-up is recorded: the criterion weights from the first step."
-    return (f"Meta-trained after {epochs:g} plain-CE epoch(s): the criterion returns plain CE for "
-            f"the first {epochs:g} epoch(s) of your data (counted in training samples), then "
-            "weights. `warmup_epochs=0` turns this off.")
+    loss = "CE" if weighter.config.base_loss == "sl" else weighter.config.base_loss.upper()
+    return (f"Meta-trained after {epochs:g} plain-{loss} epoch(s): the criterion returns the plain "
+            f"mean {loss} for the first {epochs:g} epoch(s) of your data (counted in training "
+            "samples), then weights. `warmup_epochs=0` turns this off.")
 
 
 def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:
@@ -89,6 +92,19 @@ def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:
         "Loss of a sample by its cross entropy (labelled-class probability exp(-CE)):",
         curve_table(loss, 9).markdown(),
     ]
+
+
+def _transfer_table(transfer: dict[str, Any]) -> str:
+    """The transfer record as a markdown table: where the entry helped and where it did not."""
+    lines = [f"From `{transfer['benchmark']}` ({transfer['date']}, seeds {transfer['seeds']}; test "
+             "accuracy %, mean over seeds; `weightzoo apply` defaults):", "",
+             "| target, bias | this entry | CE | best robust loss | vs CE | vs best robust |",
+             "|---|---:|---:|---|---:|---:|"]
+    for cell, row in transfer["cells"].items():
+        lines.append(f"| {cell} | {100 * row['acc']:.2f} | {100 * row['ce']:.2f} | {row['best_robust']} "
+                     f"{100 * row['best_robust_acc']:.2f} | {100 * (row['acc'] - row['ce']):+.2f} | "
+                     f"{100 * (row['acc'] - row['best_robust_acc']):+.2f} |")
+    return "\n".join(lines)
 
 
 def render_model_card(weighter: Artifact, has_curve: bool = True) -> str:
@@ -114,6 +130,9 @@ def render_model_card(weighter: Artifact, has_curve: bool = True) -> str:
     if meta.metrics or meta.baseline:
         sections += ["## Metrics", _json_block({
             "weighter": meta.metrics, f"{meta.baseline.get('method', 'ce')}_baseline": meta.baseline})]
+    if meta.transfer:
+        sections += ["## Measured transfer (frozen, on data it was not trained on)",
+                     _transfer_table(meta.transfer)]
     if meta.command:
         sections += ["## Reproduce", f"```bash\n{meta.command}\n```"]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"

@@ -96,7 +96,7 @@ def plot_curves(
             ax.set_title(f"learned {weighter.config.loss}: " + ", ".join(
                 f"{k}={v:.3g}" for k, v in weighter.hyperparameters().items()))
         else:
-            ax.set_xlabel("per-sample loss (" + weighter.config.base_loss + ")")
+            ax.set_xlabel(f"per-sample cross entropy (base loss: {weighter.config.base_loss})")
             ax.set_ylabel("weight")
             ax.set_ylim(0, 1)
             ax.set_title(f"{weighter.config.kind} weighting function")

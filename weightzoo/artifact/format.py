@@ -64,6 +64,9 @@ class Provenance:
     method: method name, its config, the schedule and the model.
     families: the source data's task families (centres, family of each class).
     metrics: final metrics of the training run; baseline: CE on identical data.
+    transfer: measured frozen use on other data (``benchmarks/transfer_matrix.py``): the
+        benchmark, date, seeds and per cell (target, bias) this entry's test accuracy next
+        to CE's and the best robust loss's (means over seeds); rendered in the card.
     """
 
     name: str = ""
@@ -75,6 +78,7 @@ class Provenance:
     baseline: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
     seed: int | None = None
+    transfer: dict[str, Any] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, Any]:
         return json_safe(asdict(self))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
 
 
-META_SOURCES = ("clean", "train", "labeled")
+META_SOURCES = ("clean", "train", "labeled", "singletons")
 
 
 @dataclass
@@ -92,8 +92,9 @@ class MetaSet:
             self.x, self.y = meta_x, meta_y
 
     def setup(self, trainer: Trainer) -> None:
-        if self.config.source == "clean" and (self.y is None or len(self.y) == 0):
-            raise ValueError("a clean meta set (meta_x, meta_y) is required for meta.source = 'clean'")
+        if self.config.source in ("clean", "singletons") and (self.y is None or len(self.y) == 0):
+            raise ValueError(f"a held-out meta set (meta_x, meta_y) is required for meta.source = "
+                             f"{self.config.source!r}")
         if self.config.source == "train":
             self.ema = ModelEMA(trainer.module, self.config.ema_decay)
 

@@ -101,6 +101,12 @@ class Method(ABC):
         """Clean samples per class the run must hold out as this method's meta set (0: none)."""
         return 0
 
+    @property
+    def singleton_meta_per_class(self) -> int:
+        """Exactly labelled samples (one-label candidate sets) per class the partial-label
+        regime must hold out of stage 2 as this method's meta set (0: none)."""
+        return 0
+
     def bind(self, run: RunContext) -> None:  # noqa: B027 - optional hook
         """Called by the pipeline once the data is prepared, before the trainer exists."""
 

@@ -71,6 +71,11 @@ class BilevelMethod(Method):
     def clean_meta_per_class(self) -> int:
         return self.meta_set.clean_per_class
 
+    @property
+    def singleton_meta_per_class(self) -> int:
+        meta = self.meta_set.config
+        return meta.per_class if meta.source == "singletons" else 0
+
     def bind(self, run: RunContext) -> None:
         self.meta_set.bind(run.meta_x, run.meta_y)
 

@@ -1,7 +1,7 @@
 """``frozen``: a pretrained weighter applied frozen (CMW-Net Algorithm 3), with task families
-re-fitted on the whole training set's class counts, with weighted CE or -- for a weighter
-meta-trained with it (``base_loss = "sl"``), or on request -- the soft-label loss of
-CMW-Net-SL (the paper's transfer setting)."""
+re-fitted on the whole training set's class counts, weighting the loss it was meta-trained
+with (its ``base_loss``: CE, a robust GCE / SCE, or the soft-label loss of CMW-Net-SL, the
+paper's transfer setting) or, on request, another."""
 
 from __future__ import annotations
 
@@ -14,15 +14,13 @@ from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
-from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.nets import BASE_LOSSES, CMWNet
 from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.soft_labels import SoftLabelBatch
 
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
-
-FROZEN_LOSSES = ("ce", "sl")
 
 
 def _pretrained(cls: type, method: str, key: str, name: str, revision: str | None) -> Any:
@@ -48,13 +46,13 @@ class FrozenConfig:
     teacher_decay: float = 0.997
 
     def __post_init__(self) -> None:
-        if self.loss not in ("auto", *FROZEN_LOSSES):
-            raise ValueError(f"method.loss must be one of {('auto', *FROZEN_LOSSES)}")
+        if self.loss not in ("auto", *BASE_LOSSES):
+            raise ValueError(f"method.loss must be one of {('auto', *BASE_LOSSES)}")
 
 
 @register_method("frozen", FrozenConfig, description="a pretrained weighter, frozen")
 class FrozenWeighting(Method):
-    """Weighted CE with a frozen weighter; warm-up iterations use the plain mean.
+    """A loss weighted by a frozen weighter; warm-up iterations use the plain mean.
 
     weighter: the weighter itself, or None to load ``config.weighter`` by name.
     """
@@ -65,14 +63,12 @@ class FrozenWeighting(Method):
             weighter = _pretrained(CMWNet, "frozen", "weighter", self.config.weighter, self.config.revision)
         self.weighter = weighter
         self.loss = weighter.config.base_loss if self.config.loss == "auto" else self.config.loss
-        if self.loss not in FROZEN_LOSSES:
-            raise ValueError(f"weighter trained with base_loss {self.loss!r}: pass loss = 'ce' or 'sl'")
         self.weighting: SampleWeighting | None = None
         self.teacher: ModelEMA | None = None
 
     @property
     def identity(self) -> str:
-        return f"weighter:{self.weighter.config.kind}" + (":sl" if self.loss == "sl" else "")
+        return f"weighter:{self.weighter.config.kind}" + (f":{self.loss}" if self.loss != "ce" else "")
 
     def setup(self, trainer: Trainer) -> None:
         self.weighting = SampleWeighting.fit(
@@ -90,11 +86,10 @@ class FrozenWeighting(Method):
             sl = SoftLabelBatch.draw(self.teacher.module, batch.x, self.config.mixup_alpha)
             terms = sl.terms(trainer.model(sl.x).float(), batch.y, weights_of)
             return StepOutput(terms, terms["label"].weights)
-        losses = per_sample_loss("ce", trainer.model(batch.x).float(), batch.y)
-        if batch.warmup:
-            return StepOutput({"ce": LossTerm(losses)})
-        weights = weights_of(losses, batch.y)
-        return StepOutput({"ce": LossTerm(losses, weights, self.weighting.normalization)}, weights)
+        # the SL loss warms up with plain CE, as its meta-training did
+        loss = "ce" if self.loss == "sl" else self.loss
+        term = self.weighting.term(loss, trainer.model(batch.x).float(), batch.y, weighted=not batch.warmup)
+        return StepOutput({"ce": term}, term.weights)
 
     def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
         if self.teacher is not None:

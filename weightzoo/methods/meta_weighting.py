@@ -24,11 +24,17 @@ from weightzoo.bilevel.estimators import (
 )
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import VirtualStepConfig
-from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
-from weightzoo.weighting.nets import INPUT_NORMS, NORMALIZATIONS, CMWNet, WeighterConfig, build_weighter
+from weightzoo.weighting.nets import (
+    INPUT_NORMS,
+    NORMALIZATIONS,
+    WEIGHTED_LOSSES,
+    CMWNet,
+    WeighterConfig,
+    build_weighter,
+)
 from weightzoo.weighting.reduction import LossTerm
 from weightzoo.weighting.sample_weighting import SampleWeighting
 
@@ -38,14 +44,12 @@ if TYPE_CHECKING:
     from weightzoo.training.engine import Schedule, Trainer
 
 
-def weighting_objective(weighting: SampleWeighting, y: torch.Tensor) -> Objective:
-    """The training objective of MW-Net / CMW-Net: the weighted CE term ``ce`` of labels y (B,),
-    differentiable w.r.t. the weighter."""
+def weighting_objective(weighting: SampleWeighting, y: torch.Tensor, base_loss: str = "ce") -> Objective:
+    """The training objective of MW-Net / CMW-Net: the weighted ``base_loss`` term ``ce`` of
+    labels y (B,) (the weighter reads each sample's CE), differentiable w.r.t. the weighter."""
 
     def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
-        losses = per_sample_loss("ce", logits, y)
-        weights = weighting.weights(losses, y, grad=True, checked=True)
-        return {"ce": LossTerm(losses, weights, weighting.normalization)}
+        return {"ce": weighting.term(base_loss, logits, y, grad=True)}
 
     return objective
 
@@ -117,6 +121,10 @@ class MetaWeightingConfig:
     reuse_forward: the real step reuses the look-ahead's forward at theta instead of a
         fresh one (single process, no autocast); identical results unless the model has
         dropout (the masks are then shared with the look-ahead);
+    base_loss: the per-sample loss the weights multiply: ``ce`` (the papers) or a robust
+        loss, ``gce`` / ``sce`` (defaults of ``weightzoo.losses``); the weighter reads each
+        sample's CE either way, and the meta loss stays CE on the meta set. Recorded in the
+        artifact, so that frozen use weights the same loss;
     meta: the ``[meta]`` table.
     """
 
@@ -126,6 +134,7 @@ class MetaWeightingConfig:
     input_norm: str = "log_classes"
     estimator: str = AUTO
     reuse_forward: bool = True
+    base_loss: str = "ce"
     meta: MetaConfig = field(default_factory=MetaConfig)
 
     def __post_init__(self) -> None:
@@ -136,6 +145,8 @@ class MetaWeightingConfig:
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"method.input_norm must be one of {INPUT_NORMS}")
         check_estimator(self.estimator)
+        if self.base_loss not in WEIGHTED_LOSSES:
+            raise ValueError(f"method.base_loss must be one of {WEIGHTED_LOSSES}, got {self.base_loss!r}")
 
     def validate(self, schedule: Schedule) -> None:
         if schedule.warmup_epochs >= schedule.epochs:
@@ -166,8 +177,6 @@ class MetaWeighting(BilevelMethod):
     (given here or by the pipeline at :meth:`bind`).
     """
 
-    base_loss = "ce"
-
     def __init__(
         self, config: MetaWeightingConfig, *, kind: str = "cmwnet", weighter: CMWNet | None = None,
         meta_x: torch.Tensor | None = None, meta_y: torch.Tensor | None = None,
@@ -181,6 +190,11 @@ class MetaWeighting(BilevelMethod):
     @property
     def meta(self) -> MetaConfig:
         return self.config.meta
+
+    @property
+    def base_loss(self) -> str:
+        """The per-sample loss the weights multiply (recorded in the artifact)."""
+        return self.config.base_loss
 
     @property
     def identity(self) -> str:
@@ -217,12 +231,11 @@ class MetaWeighting(BilevelMethod):
         assert self.weighting is not None, "setup() was not called"
         kept = None
         if self.meta_iteration(batch):
-            kept = self.learn(trainer, batch.x, batch.lr, weighting_objective(self.weighting, batch.y))
-        losses = per_sample_loss("ce", self.logits(trainer, batch.x, kept).float(), batch.y)
-        if batch.warmup:
-            return StepOutput({"ce": LossTerm(losses)})
-        weights = self.weighting.weights(losses, batch.y, checked=True)
-        return StepOutput({"ce": LossTerm(losses, weights, self.weighting.normalization)}, weights)
+            kept = self.learn(trainer, batch.x, batch.lr,
+                              weighting_objective(self.weighting, batch.y, self.config.base_loss))
+        logits = self.logits(trainer, batch.x, kept).float()
+        term = self.weighting.term(self.config.base_loss, logits, batch.y, weighted=not batch.warmup)
+        return StepOutput({"ce": term}, term.weights)
 
     def trained_artifact(self) -> TrainedArtifact | None:
         if self.weighting is None:

@@ -43,6 +43,8 @@ class SoftLabelConfig(MetaWeightingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.base_loss != "ce":
+            raise ValueError("method.base_loss does not apply to cmwnet-sl: its loss is the soft-label loss")
         if self.normalization != "mean":
             raise ValueError("method.normalization must be 'mean' for the soft-label loss")
         if self.mixup_alpha < 0 or not 0.0 <= self.teacher_decay <= 1.0:
@@ -52,7 +54,6 @@ class SoftLabelConfig(MetaWeightingConfig):
 @register_method("cmwnet-sl", SoftLabelConfig, publishes=True,
                  description="CMW-Net-SL meta-training: weighted label vs EMA soft label (Shu et al. 2023)")
 class SoftLabelMetaWeighting(MetaWeighting):
-    base_loss = "sl"
 
     def __init__(self, config: SoftLabelConfig, **kwargs: Any) -> None:
         super().__init__(config, kind="cmwnet", **kwargs)
@@ -62,6 +63,10 @@ class SoftLabelMetaWeighting(MetaWeighting):
     @property
     def identity(self) -> str:
         return "meta:cmwnet-sl"
+
+    @property
+    def base_loss(self) -> str:
+        return "sl"
 
     def setup(self, trainer: Trainer) -> None:
         super().setup(trainer)

@@ -23,6 +23,10 @@ InputNorm = Literal["none", "log_classes"]
 
 NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "detached_sum")
 INPUT_NORMS: tuple[str, ...] = ("none", "log_classes")
+# the per-sample losses a weighter's weights multiply (``gce`` / ``sce`` with the defaults of
+# ``weightzoo.losses``); ``sl`` is CMW-Net-SL's soft-label loss
+WEIGHTED_LOSSES: tuple[str, ...] = ("ce", "gce", "sce")
+BASE_LOSSES: tuple[str, ...] = (*WEIGHTED_LOSSES, "sl")
 
 
 @dataclass
@@ -36,7 +40,9 @@ class WeighterConfig(DictRecord):
         divides by ln C of the data it is applied to, so that a weighter trained on
         C_source classes sees the same input range on C_target classes.
     normalization: how weights reduce a batch of losses (see ``weightzoo.reduction``).
-    base_loss: the per-sample loss the weighter was trained on (``ce``).
+    base_loss: the per-sample loss the weighter's weights multiplied in meta-training:
+        ``ce``, a robust loss ``gce`` / ``sce`` (the weighter still reads the sample's CE), or
+        ``sl`` (CMW-Net-SL's soft-label loss).
     source_num_classes: number of classes of the meta-training data.
     metadata: provenance (source data, bias, method, metrics, family centres); the
         artifact module reads and writes it as a typed ``Provenance`` record.
@@ -71,6 +77,8 @@ class WeighterConfig(DictRecord):
             raise ValueError(f"unknown normalization {self.normalization!r}; one of {NORMALIZATIONS}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {self.input_norm!r}; one of {INPUT_NORMS}")
+        if self.base_loss not in BASE_LOSSES:
+            raise ValueError(f"unknown base_loss {self.base_loss!r}; one of {BASE_LOSSES}")
         if self.source_num_classes < 1:
             raise ValueError("source_num_classes must be >= 1")
 

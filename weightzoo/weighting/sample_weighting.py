@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from weightzoo.losses import per_sample_loss
 from weightzoo.weighting.families import TaskFamilies
-from weightzoo.weighting.nets import CMWNet
-from weightzoo.weighting.reduction import at_least_fp32, reduce_weighted
+from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
+from weightzoo.weighting.reduction import LossTerm, at_least_fp32, reduce_weighted
 
 
 class SampleWeighting(nn.Module):
@@ -91,6 +92,23 @@ class SampleWeighting(nn.Module):
         with torch.set_grad_enabled(grad), torch.autocast(losses.device.type, enabled=False):
             weights = self.weighter(at_least_fp32(losses), families, self.num_classes or num_classes)
         return torch.where(torch.isfinite(losses), weights, torch.zeros_like(weights))
+
+    def term(
+        self, base_loss: str, logits: torch.Tensor, targets: torch.Tensor, *,
+        grad: bool = False, weighted: bool = True,
+    ) -> LossTerm:
+        """The weighted training term: per-sample ``base_loss`` (``ce``, ``gce`` or ``sce``) of
+        logits (B, C) and range-checked labels (B,), each sample weighted by the weighter at
+        its *cross entropy* (the weighter's input whatever the base loss); ``weighted=False``:
+        the plain mean (warm-up). ``grad``: weights differentiable w.r.t. the weighter."""
+        if base_loss not in WEIGHTED_LOSSES:
+            raise ValueError(f"base loss {base_loss!r} is not one of {WEIGHTED_LOSSES}")
+        ce = per_sample_loss("ce", logits, targets)
+        losses = ce if base_loss == "ce" else per_sample_loss(base_loss, logits, targets)
+        if not weighted:
+            return LossTerm(losses)
+        weights = self.weights(ce.detach(), targets, grad=grad, checked=True)
+        return LossTerm(losses, weights, self.normalization)
 
     def reduce(self, losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Scalar loss from losses (B,) and weights (B,) under the weighter's normalisation."""

@@ -1,7 +1,8 @@
 """``WeightedLoss``: a frozen weighter as a drop-in loss wrapper (CMW-Net Algorithm 3).
 
     crit = WeightedLoss.from_pretrained("cmwnet-fmnist-mixed", labels=train_labels)
-    loss = crit(logits, targets)                        # per-sample CE, weighted and normalised
+    loss = crit(logits, targets)            # the weighter's base loss per sample (CE, GCE or
+                                            # SCE), weighted at each sample's CE, normalised
     loss = crit.reduce_losses(per_sample_losses, classes)   # any per-sample loss
 
 Families are re-fitted by k-means on the *target* data's class counts; the loss input is
@@ -23,7 +24,7 @@ from torch import nn
 from weightzoo import distributed
 from weightzoo.losses import per_sample_loss
 from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
-from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
 from weightzoo.weighting.reduction import total_loss
 from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.soft_labels import soft_label_terms
@@ -42,8 +43,8 @@ class WeightedLoss(nn.Module):
         samples (counted over calls whose losses require grad, i.e. training steps; a call
         under ``torch.no_grad`` does not count; under torch.distributed a batch counts
         world-size times, as every rank sees its own shard) ``forward`` / ``reduce_losses`` /
-        ``soft_label_loss`` return the plain mean cross-entropy, as the weighter's own
-        meta-training ran plain CE before weighting. ``samples_seen`` is in ``state_dict``
+        ``soft_label_loss`` return the plain mean of the base loss, as the weighter's own
+        meta-training ran it unweighted before weighting. ``samples_seen`` is in ``state_dict``
         (resume a loop and the warm-up resumes). 0: weight from the first step.
     nonfinite: what a sample with NaN / inf logits (or loss) does. ``raise`` (default):
         ``FloatingPointError`` naming the rows, before any gradient exists. ``skip``: the
@@ -51,6 +52,10 @@ class WeightedLoss(nn.Module):
         gradient into its logits. A NaN that came from the model's inputs or activations
         still poisons that model's own backward (0 * NaN = NaN in a layer's weight
         gradient): drop such rows before the forward.
+    base_loss: the per-sample loss ``forward`` weights: ``ce``, ``gce`` or ``sce`` (defaults
+        of ``weightzoo.losses``); None: the one the weighter was meta-trained with (CE for a
+        soft-label weighter, whose own loss is :meth:`soft_label_loss`). The weighter reads
+        each sample's CE whatever the base loss.
     """
 
     last_weights: torch.Tensor | None
@@ -58,8 +63,14 @@ class WeightedLoss(nn.Module):
     def __init__(
         self, weighter: CMWNet, families: TaskFamilies | None = None,
         num_classes: int | None = None, *, nonfinite: str = "raise", warmup_samples: int = 0,
+        base_loss: str | None = None,
     ) -> None:
         super().__init__()
+        if base_loss is None:
+            base_loss = weighter.config.base_loss if weighter.config.base_loss in WEIGHTED_LOSSES else "ce"
+        if base_loss not in WEIGHTED_LOSSES:
+            raise ValueError(f"base_loss must be one of {WEIGHTED_LOSSES}, got {base_loss!r}")
+        self.base_loss = base_loss
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         if warmup_samples < 0:
@@ -105,7 +116,7 @@ class WeightedLoss(nn.Module):
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         num_classes: int | None = None, revision: str | None = None,
         local_files_only: bool = False, seed: int = 0, nonfinite: str = "raise",
-        warmup_epochs: float | None = None,
+        warmup_epochs: float | None = None, base_loss: str | None = None,
     ) -> WeightedLoss:
         """Load a weighter by name (zoo name, directory, ``org/repo[@rev]``) and fit families.
 
@@ -119,7 +130,7 @@ class WeightedLoss(nn.Module):
         )
         return cls.for_data(
             weighter, class_counts=class_counts, labels=labels, num_classes=num_classes, seed=seed,
-            nonfinite=nonfinite, warmup_epochs=warmup_epochs,
+            nonfinite=nonfinite, warmup_epochs=warmup_epochs, base_loss=base_loss,
         )
 
     @classmethod
@@ -128,14 +139,15 @@ class WeightedLoss(nn.Module):
         class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         num_classes: int | None = None, seed: int = 0, nonfinite: str = "raise",
-        warmup_epochs: float | None = None,
+        warmup_epochs: float | None = None, base_loss: str | None = None,
     ) -> WeightedLoss:
         """Wrap ``weighter`` for a dataset given by its class counts or its labels.
 
-        warmup_epochs: plain-CE epochs of *this* data before weighting (counted in samples:
+        warmup_epochs: unweighted epochs of *this* data before weighting (counted in samples:
             warmup_epochs x the number of training labels); None: the schedule the weighter
             was meta-trained with (``metadata.method.schedule.warmup_epochs`` of its
             artifact, 0 if it records none); 0: weight from the first step.
+        base_loss: see the class (None: the weighter's own).
         """
         counts = _resolve_counts(class_counts, labels, num_classes)
         families = None
@@ -149,13 +161,13 @@ class WeightedLoss(nn.Module):
         if epochs > 0 and counts is None:
             if warmup_epochs is not None:
                 raise ValueError("warmup_epochs needs the data's size: pass labels= or class_counts=")
-            warnings.warn(f"the weighter was meta-trained after {epochs:g} plain-CE epoch(s); without "
+            warnings.warn(f"the weighter was meta-trained after {epochs:g} unweighted epoch(s); without "
                           "labels= or class_counts= the warm-up cannot be sized and is off (pass "
                           "them, or warmup_epochs=0 to silence this)", stacklevel=2)
             epochs = 0
         samples = round(epochs * int(counts.sum())) if epochs > 0 and counts is not None else 0
         return cls(weighter, families, num_classes or (len(counts) if counts is not None else None),
-                   nonfinite=nonfinite, warmup_samples=samples)
+                   nonfinite=nonfinite, warmup_samples=samples, base_loss=base_loss)
 
     def weights(
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
@@ -172,22 +184,32 @@ class WeightedLoss(nn.Module):
         self, losses: torch.Tensor, classes: torch.Tensor, num_classes: int | None = None,
         *, checked: bool = False,
     ) -> torch.Tensor:
-        """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,)."""
+        """Weighted, normalised scalar loss from per-sample losses (B,) and classes (B,); the
+        weighter reads these losses."""
         if self.nonfinite == "raise" and not checked:
             self._raise_on_nonfinite(~torch.isfinite(losses), "loss")
-        weights = self._warmup_weights(losses)
-        if weights is None:
-            weights = self.weights(losses, classes, num_classes, checked=checked)
-        self.last_weights = weights
-        return self.weighting.reduce(losses, weights)
+        return self._reduce(losses, losses, classes, num_classes, checked=checked)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
         logits, hard, bad_rows = self._checked(logits, targets)
         soft = targets.float() if targets.dim() == 2 else targets
-        losses = per_sample_loss("ce", logits.float(), soft)
-        losses = torch.where(bad_rows, torch.full_like(losses, float("nan")), losses)
-        return self.reduce_losses(losses, hard, logits.shape[1], checked=True)
+        ce = per_sample_loss("ce", logits.float(), soft)
+        losses = ce if self.base_loss == "ce" else per_sample_loss(self.base_loss, logits.float(), soft)
+        ce, losses = (torch.where(bad_rows, float("nan"), t) for t in (ce, losses))
+        return self._reduce(losses, ce, hard, logits.shape[1], checked=True)
+
+    def _reduce(
+        self, losses: torch.Tensor, inputs: torch.Tensor, classes: torch.Tensor,
+        num_classes: int | None, *, checked: bool,
+    ) -> torch.Tensor:
+        """losses (B,) weighted by the weighter at ``inputs`` (B,) and normalised (the plain
+        mean while warming up)."""
+        weights = self._warmup_weights(losses)
+        if weights is None:
+            weights = self.weights(inputs, classes, num_classes, checked=checked)
+        self.last_weights = weights
+        return self.weighting.reduce(losses, weights)
 
     def soft_label_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, soft_targets: torch.Tensor,
