@@ -106,6 +106,9 @@ def main() -> None:
             summary[f"{target} {bias}"] = {
                 "rows": rows, "picks": picks, "best_robust_baseline": best,
                 "best_weighter": max(weighters, key=lambda w: rows[w]["mean"]),
+                # where the cell's runs ran (a cell may be resumed on another machine)
+                "devices": sorted({"cuda" if f["environment"].get("cuda") == "True" else "cpu"
+                                   for f in first}),
             }
     result = {"machine": machine(), "seeds": args.seeds, "targets": {t: TARGETS[t] for t in args.targets},
               "biases": {b: BIASES[b] for b in args.biases}, "rules": rules, "weighters": weighters,
@@ -133,7 +136,7 @@ def record_in_zoo(result: dict) -> None:
             best = row["best_robust_baseline"]
             cells[cell] = {"acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
                            "best_robust": best, "best_robust_acc": row["rows"][best]["mean"],
-                           "device": result["machine"]["device"]}
+                           "devices": row["devices"]}
         meta.transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": result["machine"]["date_utc"],
                          "seeds": result["seeds"], "cells": cells}
         artifact.config.metadata = meta.to_metadata()
@@ -149,6 +152,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"Rule {rule}:", "", "| cell | pick | pick acc | CE | best robust | pick − CE | "
                   "pick − best robust | best weighter |", "|---|---|---|---|---|---|---|---|"]
         for cell, row in result["summary"].items():
+            cell = f"{cell} ({'+'.join(row['devices'])})" if "devices" in row else cell
             rows, pick, best = row["rows"], row["picks"][rule], row["best_robust_baseline"]
             top, name = row["best_weighter"], pick["weighter"]
             lines.append(f"| {cell} | {name} | {pm(rows[name])} | {pm(rows['ce'])} | {best} {pm(rows[best])} "
