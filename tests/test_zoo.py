@@ -19,13 +19,24 @@ from weightzoo.cli.main import cli
 SHIPPED = hub.builtin_names()
 EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
             "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
-            "arl-gce-fmnist-sym40"}
+            "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise"}
 LEARNED_LOSSES = {"arl-gce-fmnist-sym40"}
 
 
 def test_zoo_has_the_weighters_and_the_learned_loss() -> None:
     assert EXPECTED <= set(SHIPPED)
     assert load_pretrained("cmwnet-sl-fmnist-sym40").config.base_loss == "sl"
+    sce = WeightedLoss.from_pretrained("cmwnet-sce-fmnist-longtail-noise", class_counts=[50] * 5 + [5] * 5)
+    assert sce.base_loss == "sce"  # applied with the loss it was meta-trained to weight
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_transfer_records_render_in_the_card(name: str) -> None:
+    transfer = load_pretrained(name).config.metadata.get("transfer", {})
+    text = (hub.builtin_root() / name / "README.md").read_text()
+    assert ("## Measured transfer" in text) == bool(transfer)
+    for cell in transfer.get("cells", {}):
+        assert f"| {cell} |" in text
 
 
 @pytest.mark.parametrize("name", SHIPPED)
