@@ -41,11 +41,14 @@ APPLY_SCHEDULE = ["--epochs", "20", "--milestones", "12,16", "--warmup-epochs", 
 COLUMNS = ("proden", "proden+ce", "proden+cmwnet", "proden+frozen", "proden-weighted")
 
 
-def meta_job(q: float, seed: int, runs: Path, kind: str, meta_set: str) -> tuple[list[str], Path]:
+def meta_job(
+    q: float, seed: int, runs: Path, kind: str, meta_set: str, overrides: list[str]
+) -> tuple[list[str], Path]:
     """PRODEN (stage 1), then CMW-Net meta-trained on its labels, with the PRODEN + CE control."""
     base = runs / f"q{q}" / f"seed{seed}"
     meta = (["--set", "meta.source=singletons", "--set", "meta.mixup_alpha=0.0"]
             if meta_set == "singletons" else [])
+    meta += [x for override in overrides for x in ("--set", override)]
     return (["train", RECIPE, "--out", str(base / "meta"), "--seed", str(seed), "--set",
              f"data.bias={kind}:{q}", *meta, "--baseline", "ce"], base / "meta" / "metrics.json")
 
@@ -91,8 +94,11 @@ def main() -> None:
                         help="Run the meta-training jobs only (no frozen zoo weighter).")
     parser.add_argument("--kind", choices=["partial", "partial-pair"], default="partial")
     parser.add_argument("--meta-set", choices=["train", "singletons"], default="train")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for the meta-training jobs (repeatable)")
     args = parser.parse_args()
-    jobs = [meta_job(q, s, args.runs, args.kind, args.meta_set) for q in args.qs for s in args.seeds]
+    jobs = [meta_job(q, s, args.runs, args.kind, args.meta_set, args.overrides)
+            for q in args.qs for s in args.seeds]
     if not args.meta_only:
         jobs += [job for q in args.qs for s in args.seeds
                  for job in zoo_jobs(q, s, args.runs, args.zoo, q in args.weighted_qs, args.kind)]
@@ -104,7 +110,7 @@ def main() -> None:
         summary[str(q)] = {key: mean_std([r[key] for r in rows]) for key in keys if rows[0][key] is not None}
         summary[str(q)]["per_seed"] = rows
     result = {"machine": machine(), "seeds": args.seeds, "recipe": RECIPE, "kind": args.kind,
-              "meta_set": args.meta_set,
+              "meta_set": args.meta_set, "overrides": args.overrides,
               "zoo_weighter": None if args.meta_only else args.zoo,
               "command": "python -m benchmarks.partial " + " ".join(sys.argv[1:]), "summary": summary}
     write_results(args.results, result, markdown)

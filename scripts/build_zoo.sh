@@ -18,6 +18,7 @@ declare -A ZOO=(
   [arl-gce-fmnist-sym40]=fmnist-sym40-arl-gce
   [cmwnet-fixmatch4-fmnist]=fmnist-fixmatch4-cmwnet
   [cmwnet-sce-fmnist-longtail-noise]=fmnist-longtail-noise-cmwnet-sce
+  [cmwnet-fmnist-partial30]=fmnist-partial30-cmwnet
 )
 # the baseline each entry is trained beside (recorded in its card): CE, except where another
 # is the fair reference (FixMatch's threshold mask for a FixMatch mask, the robust loss a
