@@ -19,11 +19,13 @@ declare -A ZOO=(
   [cmwnet-fixmatch4-fmnist]=fmnist-fixmatch4-cmwnet
   [cmwnet-sce-fmnist-longtail-noise]=fmnist-longtail-noise-cmwnet-sce
   [cmwnet-fmnist-partial30]=fmnist-partial30-cmwnet
+  [cmwnet-fmnist-longtail]=fmnist-longtail-cmwnet
 )
 # the baseline each entry is trained beside (recorded in its card): CE, except where another
 # is the fair reference (FixMatch's threshold mask for a FixMatch mask, the robust loss a
-# weighter weights)
-declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch [cmwnet-sce-fmnist-longtail-noise]=sce)
+# weighter weights, class-balanced CE for a long-tail weighter)
+declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch [cmwnet-sce-fmnist-longtail-noise]=sce
+                     [cmwnet-fmnist-longtail]=class-balanced)
 for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then

@@ -19,7 +19,8 @@ from weightzoo.cli.main import cli
 SHIPPED = hub.builtin_names()
 EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
             "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
-            "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise"}
+            "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
+            "cmwnet-fmnist-partial30"}
 LEARNED_LOSSES = {"arl-gce-fmnist-sym40"}
 
 
