@@ -48,3 +48,39 @@ def test_step_cost_rejects_unknown_model(tmp_path: Path) -> None:
     )
     assert result.returncode != 0 and "unknown" in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path, monkeypatch) -> None:
+    """``transfer_matrix --record-in-zoo``: each entry's cells go into its artifact's transfer
+    record (merged with cells recorded before), the card shows them, weights and metrics stay."""
+    import shutil
+
+    import torch
+
+    from benchmarks import transfer_matrix
+    from weightzoo.artifact import hub
+    from weightzoo.artifact.format import load_artifact
+
+    name = "mwnet-fmnist-sym40"
+    shutil.copytree(hub.builtin_root() / name, tmp_path / name)
+    monkeypatch.setattr(hub, "builtin_root", lambda: tmp_path)
+    before = load_artifact(tmp_path / name)
+    metrics = (tmp_path / name / "metrics.json").read_bytes()
+
+    def result(cell: str, acc: float) -> dict:
+        stat = {"mean": acc, "std": 0.0}
+        rows = {"ce": {"mean": 0.80}, "gce": {"mean": 0.90}, name: stat}
+        return {"weighters": [name], "seeds": [0], "machine": {"date_utc": "2026-11-26 10:00"},
+                "summary": {cell: {"rows": rows, "best_robust_baseline": "gce", "devices": ["cpu"]}}}
+
+    transfer_matrix.record_in_zoo(result("new-target sym40", 0.85))
+    transfer_matrix.record_in_zoo(result("other-target lt50", 0.70))
+    after = load_artifact(tmp_path / name)
+    cells = after.config.metadata["transfer"]["cells"]
+    assert cells["new-target sym40"]["acc"] == 0.85 and cells["other-target lt50"]["ce"] == 0.80
+    assert set(before.config.metadata.get("transfer", {}).get("cells", {})) <= set(cells)
+    card = (tmp_path / name / "README.md").read_text()
+    assert "| new-target sym40 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 |" in card
+    assert (tmp_path / name / "metrics.json").read_bytes() == metrics
+    for key, value in before.state_dict().items():
+        assert torch.equal(value, after.state_dict()[key])
