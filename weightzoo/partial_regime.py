@@ -91,23 +91,22 @@ def singleton_meta_set(
                          "meta set (generated `partial:q` sets never do: each gets a wrong label); "
                          "use meta.source = 'train'")
     index = torch.nonzero(single).squeeze(1)
-    exact = candidates[index].float().argmax(dim=1)
-    chosen = index[balanced_clean_indices(exact, per_class, seed)]
+    exact = candidates[index].float().argmax(dim=1)  # the one label of each such set
+    picked = balanced_clean_indices(exact, per_class, seed)
+    chosen, meta_y = index[picked], exact[picked]
     keep = torch.ones(len(candidates), dtype=torch.bool)
     keep[chosen] = False
     train, bias = data.train, data.bias
     num_classes = train.num_classes
     report = {**bias.report, "meta_singletons": {
         "available_per_class": torch.bincount(exact, minlength=num_classes).tolist(),
-        "held_out_per_class": torch.bincount(candidates[chosen].float().argmax(dim=1),
-                                             minlength=num_classes).tolist(),
+        "held_out_per_class": torch.bincount(meta_y, minlength=num_classes).tolist(),
     }}
     clean = None if train.clean_y is None else train.clean_y[keep]
     stage2 = TrainingSet(x=train.x[keep], y=train.y[keep], test_x=train.test_x, test_y=train.test_y,
                          num_classes=num_classes, clean_y=clean)
     kept = replace(bias, indices=bias.indices[keep], labels=bias.labels[keep],
                    clean_labels=bias.clean_labels[keep], is_noisy=bias.is_noisy[keep], report=report)
-    meta_y = candidates[chosen].float().argmax(dim=1)
     return replace(data, train=stage2, bias=kept, meta_x=train.x[chosen], meta_y=meta_y)
 
 

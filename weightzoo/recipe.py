@@ -130,7 +130,8 @@ class Recipe:
         if self.regime.name == "partial" and self.held_out_per_class() > 0:
             raise ValueError(f"{where}: partial-label data has no clean labels to hold out as a meta "
                              "set: use meta.source = 'train' (CMW-Net §4.2) or 'singletons'")
-        if self.regime.name != "partial" and self.method.build().singleton_meta_per_class:
+        meta = getattr(self.method.config, "meta", None)  # read, not built: building may load files
+        if self.regime.name != "partial" and getattr(meta, "source", None) == "singletons":
             raise ValueError(f"{where}: meta.source = 'singletons' (one-label candidate sets) needs "
                              "regime.name = 'partial'")
         check = getattr(self.method.config, "validate", None)

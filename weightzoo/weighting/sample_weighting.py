@@ -21,6 +21,18 @@ from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
 from weightzoo.weighting.reduction import LossTerm, at_least_fp32, reduce_weighted
 
 
+def base_and_input_losses(
+    base_loss: str, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the per-sample ``base_loss`` the weights multiply, the per-sample CE the weighter
+    reads), both (B,), of logits (B, C) and targets (B,) or soft (B, C); one tensor twice
+    for ``ce``."""
+    if base_loss not in WEIGHTED_LOSSES:
+        raise ValueError(f"base loss {base_loss!r} is not one of {WEIGHTED_LOSSES}")
+    ce = per_sample_loss("ce", logits, targets)
+    return (ce if base_loss == "ce" else per_sample_loss(base_loss, logits, targets)), ce
+
+
 class SampleWeighting(nn.Module):
     """Weights (B,) for per-sample losses (B,) of samples of classes (B,).
 
@@ -101,10 +113,7 @@ class SampleWeighting(nn.Module):
         logits (B, C) and range-checked labels (B,), each sample weighted by the weighter at
         its *cross entropy* (the weighter's input whatever the base loss); ``weighted=False``:
         the plain mean (warm-up). ``grad``: weights differentiable w.r.t. the weighter."""
-        if base_loss not in WEIGHTED_LOSSES:
-            raise ValueError(f"base loss {base_loss!r} is not one of {WEIGHTED_LOSSES}")
-        ce = per_sample_loss("ce", logits, targets)
-        losses = ce if base_loss == "ce" else per_sample_loss(base_loss, logits, targets)
+        losses, ce = base_and_input_losses(base_loss, logits, targets)
         if not weighted:
             return LossTerm(losses)
         weights = self.weights(ce.detach(), targets, grad=grad, checked=True)

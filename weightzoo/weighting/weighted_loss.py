@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from weightzoo import distributed
-from weightzoo.losses import per_sample_loss
 from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
 from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
 from weightzoo.weighting.reduction import total_loss
-from weightzoo.weighting.sample_weighting import SampleWeighting
+from weightzoo.weighting.sample_weighting import SampleWeighting, base_and_input_losses
 from weightzoo.weighting.soft_labels import soft_label_terms
 
 NONFINITE_MODES = ("raise", "skip")
@@ -194,9 +193,8 @@ class WeightedLoss(nn.Module):
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
         logits, hard, bad_rows = self._checked(logits, targets)
         soft = targets.float() if targets.dim() == 2 else targets
-        ce = per_sample_loss("ce", logits.float(), soft)
-        losses = ce if self.base_loss == "ce" else per_sample_loss(self.base_loss, logits.float(), soft)
-        ce, losses = (torch.where(bad_rows, float("nan"), t) for t in (ce, losses))
+        losses, ce = base_and_input_losses(self.base_loss, logits.float(), soft)
+        losses, ce = (torch.where(bad_rows, float("nan"), t) for t in (losses, ce))
         return self._reduce(losses, ce, hard, logits.shape[1], checked=True)
 
     def _reduce(
