@@ -1,6 +1,7 @@
 """Accuracy cost of the meta-step approximations (issue: a faster meta step): the exact meta
 step vs FaMUS vs the look-ahead through the last layer only vs the exact step every 5
-iterations (``meta_interval`` 5), each meta-training the recipe's weighter, over seeds.
+iterations (``meta_interval`` 5) vs the exact step with the lagged real step
+(``real_step = "lagged"``), each meta-training the recipe's weighter, over seeds.
 
     python -m benchmarks.meta_steps [--seeds 0 1 2] [--parallel 2] [--runs runs/bench-meta-steps]
 
@@ -40,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "famus": ["method.estimator=famus"],
     "last-layer": ["method.estimator=last-layer"],
     "interval5": ["method.estimator=exact", "meta.meta_interval=5"],
+    "lagged": ["method.estimator=exact", "method.real_step=lagged"],
 }
 
 

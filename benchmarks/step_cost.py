@@ -10,7 +10,9 @@ Sections (each times its variants side by side on the same architecture, batch a
   meta forward/backward, Adam on the weighter) with each estimator, ``meta_exact``
   (second-order backward), ``meta_jvp`` (one forward-mode JVP) and ``meta_last-layer``
   (the approximation through the head only), then the real step on the look-ahead's kept
-  forward (weighting, backward, SGD step).
+  forward (weighting, backward, SGD step); and ``meta_<estimator>_lagged``
+  (``real_step = "lagged"``: the real step follows the look-ahead's own gradient, no real
+  backward).
 - ``frozen``: a CE iteration and ``WeightedLoss`` with a frozen CMW-Net (K=3, families
   fitted by k-means on long-tailed class counts) forward + backward + SGD step.
 - ``fixmatch``: one FixMatch iteration (labelled batch B, unlabelled mu B = 7 B with weak and
@@ -174,9 +176,11 @@ def weighted_real_step(opt: torch.optim.Optimizer, weighting: SampleWeighting, l
     opt.step()
 
 
-def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, estimator: str) -> Step:
+def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, estimator: str,
+                   lagged: bool = False) -> Step:
     """CMW-Net training iteration as ``MetaWeighting`` + ``Trainer`` run it: meta step on the
-    weighter (keeping the look-ahead's forward), then the real step on that forward."""
+    weighter (keeping the look-ahead's forward), then the real step on that forward; with
+    ``lagged`` (``real_step = "lagged"``) the real step follows the look-ahead's gradient."""
     opt = sgd(model, s)
     weighting, weighter_opt = weighted_setup(s)
     chosen = build_estimator(estimator)
@@ -185,9 +189,16 @@ def meta_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, 
         x, y = data[i % len(data)]
         meta_x, meta_y = meta[i % len(meta)]
         kept = weighting_meta_step(model, weighting, weighter_opt, x, y, meta_x, meta_y, lr=s.lr,
-                                   optimizer=opt, estimator=chosen, keep_forward=True).forward
+                                   optimizer=opt, estimator=chosen, keep_forward=True,
+                                   keep_gradient=lagged).forward
         kept.restore_buffers(model)
-        weighted_real_step(opt, weighting, kept.logits, y)
+        if kept.grads is None:
+            weighted_real_step(opt, weighting, kept.logits, y)
+            return
+        opt.zero_grad(set_to_none=True)
+        for name, param in model.named_parameters():
+            param.grad = kept.grads.get(name)
+        opt.step()
 
     return step
 
@@ -357,6 +368,9 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
         meta = synthetic(shape, s.meta_batch_size, s, seed=2)
         for estimator in ("exact", "jvp", "last-layer", "famus"):
             steps[f"meta_{estimator}"] = meta_iteration(copy.deepcopy(model), s, data, meta, estimator)
+        for estimator in ("exact", "jvp", "famus"):
+            steps[f"meta_{estimator}_lagged"] = meta_iteration(copy.deepcopy(model), s, data, meta,
+                                                               estimator, lagged=True)
         for library in PEERS:
             peer = peer_iteration(copy.deepcopy(model), s, data, meta, library)
             if peer is not None:

@@ -25,7 +25,8 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
     rows = report["results"]
     assert [(r["section"], r["model"]) for r in rows] == [("meta", "mlp"), ("frozen", "mlp"),
                                                           ("methods", "mlp"), ("fixmatch", "mlp")]
-    own = {"ce", "meta_exact", "meta_jvp", "meta_last-layer", "meta_famus"}
+    own = {"ce", "meta_exact", "meta_jvp", "meta_last-layer", "meta_famus",
+           "meta_exact_lagged", "meta_jvp_lagged", "meta_famus_lagged"}
     assert own <= set(rows[0]["variants"]) <= own | {"peer_higher", "peer_torchopt"}  # peers: optional
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
     assert set(rows[2]["variants"]) == {"ce", "method_mwnet_interval5", "method_mwnet_famus_interval5", *(

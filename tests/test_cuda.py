@@ -19,7 +19,7 @@ from weightzoo import CMWNet, WeightedLoss, strong_view
 from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.methods.base import RunContext
 from weightzoo.methods.fixmatch import FixMatch, FixMatchConfig, FixMatchMetaConfig
-from weightzoo.methods.meta_weighting import weighting_meta_gradient
+from weightzoo.methods.meta_weighting import MetaWeightingConfig, weighting_meta_gradient
 from weightzoo.methods.registry import build_method
 from weightzoo.pipeline import prepare_data
 from weightzoo.training.engine import Schedule, Trainer
@@ -69,6 +69,20 @@ def test_every_method_trains_on_cuda(name: str, amp: bool) -> None:
     assert trainer.device.type == "cuda" and (trainer.amp_dtype is not None) == amp
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
     assert history[-1]["test_acc"] > 0.5
+
+
+@pytest.mark.parametrize("estimator", ["jvp", "famus"])
+def test_the_lagged_real_step_trains_on_cuda(estimator: str) -> None:
+    data = prepare_data("digits", "symmetric:0.4", seed=0, meta_per_class=10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    method = build_method("cmwnet", MetaWeightingConfig(estimator=estimator, real_step="lagged"))
+    method.bind(RunContext(10, data.meta_x, data.meta_y, seed=0))
+    trainer = Trainer(model, data.train, Schedule(epochs=3, batch_size=100, warmup_epochs=1, amp=False),
+                      device="cuda", progress=False)
+    history = trainer.fit(method)
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+    assert history[-1]["test_acc"] > 0.5 and history[-1]["meta_loss"] > 0
 
 
 @pytest.mark.parametrize("config", [FixMatchConfig(), FixMatchMetaConfig(hidden=8)],

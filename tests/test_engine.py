@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,16 +69,17 @@ def schedule(epochs: int = 3, **kwargs) -> Schedule:
 
 
 def meta_strategy(source: str, meta: tuple[torch.Tensor, torch.Tensor] | None,
-                  kind: str = "mwnet", estimator: str = "auto") -> MetaWeighting:
+                  kind: str = "mwnet", estimator: str = "auto", real_step: str = "updated",
+                  meta_lr: float = 1e-2) -> MetaWeighting:
     torch.manual_seed(1)
     weighter = MWNet(hidden=16) if kind == "mwnet" else CMWNet(hidden=16, num_families=3)
     if source == "train":
         config = MetaConfig(meta_lr=1e-2, meta_batch_size=40, source="train", per_class=4,
                             mixup_alpha=1.0, ema_decay=0.9)
         return MetaWeighting(MetaWeightingConfig(meta=config), weighter=weighter)
-    config = MetaConfig(meta_lr=1e-2, meta_batch_size=40, famus=FamusConfig(expected_layers=1))
-    return MetaWeighting(MetaWeightingConfig(meta=config, estimator=estimator), weighter=weighter,
-                         meta_x=meta[0], meta_y=meta[1])
+    config = MetaConfig(meta_lr=meta_lr, meta_batch_size=40, famus=FamusConfig(expected_layers=1))
+    return MetaWeighting(MetaWeightingConfig(meta=config, estimator=estimator, real_step=real_step),
+                         weighter=weighter, meta_x=meta[0], meta_y=meta[1])
 
 
 def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto") -> L2RW:
@@ -86,9 +88,10 @@ def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "aut
     return strategy
 
 
-def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto") -> SoftLabelMetaWeighting:
+def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto",
+                real_step: str = "updated") -> SoftLabelMetaWeighting:
     torch.manual_seed(1)
-    config = SoftLabelConfig(hidden=16, teacher_decay=0.9, estimator=estimator,
+    config = SoftLabelConfig(hidden=16, teacher_decay=0.9, estimator=estimator, real_step=real_step,
                              meta=MetaConfig(meta_lr=1e-2, meta_batch_size=40, mixup_alpha=1.0))
     strategy = SoftLabelMetaWeighting(config, meta_x=meta[0], meta_y=meta[1])
     strategy.bind(RunContext(10, meta[0], meta[1]))
@@ -113,6 +116,8 @@ STRATEGIES = {
     "meta-famus": lambda meta: meta_strategy("clean", meta, estimator="famus"),
     "cmwnet-sl-famus": lambda meta: sl_strategy(meta, estimator="famus"),
     "l2rw-famus": lambda meta: l2rw_strategy(meta, estimator="famus"),
+    "meta-lagged": lambda meta: meta_strategy("clean", meta, kind="cmwnet", real_step="lagged"),
+    "cmwnet-sl-lagged": lambda meta: sl_strategy(meta, real_step="lagged"),
 }
 
 
@@ -488,3 +493,49 @@ def test_the_estimators_train_alike(digits: TrainingSet, meta_set) -> None:
     for key, value in finals["exact"].items():
         if value.is_floating_point():
             torch.testing.assert_close(finals["jvp"][key], value, rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------
+# the lagged real step
+
+
+@pytest.mark.parametrize("estimator", ["exact", "jvp", "famus"])
+def test_the_lagged_real_step_follows_the_weighter_before_its_update(
+    estimator: str, digits: TrainingSet, meta_set,
+) -> None:
+    """One meta iteration on one batch (BatchNorm in the model): with ``lagged`` the weighter
+    takes the same meta update as with ``updated``, and the model the step an ``updated`` run
+    takes when its weighter does not move (meta lr 0), BatchNorm statistics included."""
+    data = TrainingSet(x=digits.x[:64], y=digits.y[:64], test_x=digits.test_x[:20],
+                       test_y=digits.test_y[:20], num_classes=10)
+    sched = schedule(1, batch_size=64)
+    runs = {}
+    for name, real_step, meta_lr in (("lagged", "lagged", 1e-2), ("updated", "updated", 1e-2),
+                                     ("unmoved", "updated", 0.0)):
+        strategy = meta_strategy("clean", meta_set, kind="cmwnet", estimator=estimator,
+                                 real_step=real_step, meta_lr=meta_lr)
+        strategy.meta.famus = FamusConfig(expected_layers=1, matching_weight=0.0)
+        runs[name] = (run(data, strategy, sched, None, bn=True, record=True), strategy)
+    (lagged, lagged_s), (updated, updated_s), (unmoved, unmoved_s) = runs.values()
+    for key, value in lagged_s.weighter.state_dict().items():
+        torch.testing.assert_close(value, updated_s.weighter.state_dict()[key], rtol=1e-6, atol=1e-9)
+    assert not torch.equal(lagged_s.weighter.state_dict()["heads.weight"],
+                           unmoved_s.weighter.state_dict()["heads.weight"])
+    for key, value in lagged.module.state_dict().items():
+        torch.testing.assert_close(value, unmoved.module.state_dict()[key], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(lagged.module[1].weight, updated.module[1].weight)
+    torch.testing.assert_close(lagged.sample_weights, unmoved.sample_weights, rtol=1e-6, atol=1e-7)
+    assert lagged.history[0]["train_loss"] == pytest.approx(unmoved.history[0]["train_loss"], rel=1e-6)
+
+
+def test_the_lagged_real_step_needs_what_it_reuses() -> None:
+    with pytest.raises(ValueError, match="real_step must be one of"):
+        MetaWeightingConfig(real_step="stale")
+    with pytest.raises(ValueError, match="last-layer"):
+        MetaWeightingConfig(real_step="lagged", estimator="last-layer")
+    with pytest.raises(ValueError, match="reuse_forward"):
+        MetaWeightingConfig(real_step="lagged", reuse_forward=False)
+    strategy = MetaWeighting(MetaWeightingConfig(real_step="lagged"), weighter=MWNet(hidden=4))
+    for amp_dtype, world in ((torch.bfloat16, 1), (None, 2)):  # autocast (CUDA), torchrun
+        with pytest.raises(ValueError, match="one process and no autocast"):
+            strategy.setup(SimpleNamespace(amp_dtype=amp_dtype, world=world))

@@ -9,7 +9,7 @@ from torch import nn
 
 from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.bilevel.famus import Famus, FamusConfig, pooled_gradient
-from weightzoo.bilevel.lookahead import LookaheadConfig
+from weightzoo.bilevel.lookahead import LookaheadConfig, functional_forward, lookahead
 from weightzoo.methods.meta_weighting import weighting_meta_gradient
 from weightzoo.recipe import recipe_from_dict
 from weightzoo.weighting.nets import CMWNet
@@ -85,6 +85,52 @@ def test_all_layers_selected_equals_the_exact_meta_gradient() -> None:
         assert float((a - b).norm() / a.norm()) < 1e-10
     assert torch.equal(rng["exact"], rng["famus"])
     assert all(p.grad is None for p in model.parameters())
+
+
+def deep_bn_model() -> nn.Module:
+    """21 parameter layers: 10 Linear + BatchNorm pairs and a head (FaMUS: 8 candidates, 12 below)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width_in in (64, *[12] * 9):
+        layers += [nn.Linear(width_in, 12), nn.BatchNorm1d(12), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(12, 10)).double().train()
+
+
+def test_a_cut_create_graph_backward_gives_the_detached_full_one() -> None:
+    """``graph_only``: the gradients below the cut from a plain backward give the same virtual
+    step and meta-gradient as a full create-graph backward with those gradients detached."""
+    torch.manual_seed(0)
+    model = deep_bn_model()
+    sw = SampleWeighting.fit(CMWNet(num_families=3).double(), COUNTS)
+    x, y = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
+    mx, my = torch.randn(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    names = [n for n, _ in model.named_parameters()]
+    top = set(names[-6:])
+
+    def objective(logits):
+        return {"ce": sw.term("ce", logits, y, grad=True)}
+
+    def detach_below(grads):
+        return {n: g if n in top else g.detach() for n, g in grads.items()}
+
+    results = []
+    for options in ({"transform": detach_below}, {"graph_only": top}):
+        state, _ = lookahead(model, x, objective, lr=0.1, **options)
+        meta_loss = F.cross_entropy(functional_forward(model, state, mx), my)
+        results.append((state, torch.autograd.grad(meta_loss, list(sw.weighter.parameters()))))
+    (full, full_grads), (cut, cut_grads) = results
+    for name in names:
+        assert torch.allclose(full[name], cut[name], rtol=1e-12, atol=1e-14), name
+        assert cut[name].requires_grad == (name in top)
+    for a, b in zip(full_grads, cut_grads, strict=True):
+        assert float((a - b).norm() / a.norm()) < 1e-10
+
+
+def test_famus_cuts_the_create_graph_backward_only_on_deep_models() -> None:
+    model = deep_bn_model()
+    estimator = famus(model)
+    names = [n for n, _ in model.named_parameters()]
+    assert estimator._graph_only == set(names[-18:])  # 8 candidate layers (16 tensors) + the head
+    assert famus(conv_bn_dropout())._graph_only is None
 
 
 def test_sampled_layers_change_the_gradient_and_matching_adds_to_it() -> None:

@@ -62,6 +62,8 @@ class BilevelProblem:
     meta_x (M, ...), meta_y (M,) or (M, C) soft; meta_loss_fn: (logits, meta_y) -> scalar;
     lr / optimizer / lookahead_config: the virtual step (see ``lookahead``);
     keep_forward: return the look-ahead's forward at theta for the real step;
+    keep_gradient: with it, the training objective's gradient at theta for every parameter
+        the real optimizer steps (a lagged real step; estimators that step every layer);
     shared_hyper_params: the hyper-parameters are the same on every rank (a weighter, a
     loss's), so their gradient is summed over ranks; False for per-sample ones (L2RW's eps).
     """
@@ -77,6 +79,7 @@ class BilevelProblem:
     optimizer: torch.optim.Optimizer | None = None
     lookahead_config: LookaheadConfig = field(default_factory=LookaheadConfig)
     keep_forward: bool = False
+    keep_gradient: bool = False
     shared_hyper_params: bool = True
 
 
@@ -89,10 +92,16 @@ class KeptForward:
     exactly as a fresh forward would). Reusing it saves the real step's forward; it differs
     from a fresh forward only where the forward is random (dropout masks are shared with
     the look-ahead) or runs under autocast (the kept forward is full precision).
+    terms: the training objective's terms on it (detached), with the hyper-parameters as
+    they were *before* this meta update; grads: their gradient w.r.t. the model's stepped
+    parameters by name (detached), when the problem asked to keep it -- a real step along
+    it saves the real backward too, but weights the batch one meta update behind.
     """
 
     logits: torch.Tensor
     buffers: dict[str, torch.Tensor]
+    terms: dict[str, LossTerm]
+    grads: dict[str, torch.Tensor | None] | None = None
 
     def restore_buffers(self, model: nn.Module) -> None:
         """Advance the real model's buffers as the kept forward did."""
@@ -194,18 +203,16 @@ class ExactSecondOrder(MetaGradientEstimator):
 
     def __call__(self, problem: BilevelProblem) -> MetaGradient:
         require_single_process(self.name)
-        seen: list[torch.Tensor] = []
-
-        def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
-            seen.append(logits)
-            return problem.objective(logits)
-
-        state = lookahead(
-            problem.model, problem.x, objective, lr=problem.lr,
-            optimizer=problem.optimizer, config=problem.lookahead_config,
-            only=self.step_only(problem.model),
+        only = self.step_only(problem.model)
+        if only is not None and problem.keep_gradient:
+            raise ValueError(f"the {self.name!r} estimator computes the gradient of some layers only; "
+                             "a lagged real step needs an estimator that steps every layer")
+        seen = ObjectiveCalls(problem.objective)
+        state, grads = lookahead(
+            problem.model, problem.x, seen, lr=problem.lr,
+            optimizer=problem.optimizer, config=problem.lookahead_config, only=only,
         )
-        kept = kept_forward(problem, seen[0], state)
+        kept = kept_forward(problem, seen, state, grads)
         with torch.autocast(device_type=problem.meta_x.device.type, enabled=False):
             logits = functional_forward(problem.model, state, problem.meta_x)
             meta_loss = scalar_meta_loss(problem, logits)
@@ -232,13 +239,37 @@ def scalar_meta_loss(problem: BilevelProblem, logits: torch.Tensor) -> torch.Ten
     return meta_loss
 
 
+class ObjectiveCalls:
+    """A problem's objective that remembers its first call: the look-ahead's forward at theta
+    (logits (B, C)) and the terms the objective made of it."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.logits: torch.Tensor | None = None
+        self.terms: dict[str, LossTerm] = {}
+
+    def __call__(self, logits: torch.Tensor) -> dict[str, LossTerm]:
+        terms = self.objective(logits)
+        if self.logits is None:
+            self.logits, self.terms = logits, terms
+        return terms
+
+
 def kept_forward(
-    problem: BilevelProblem, logits: torch.Tensor, state: dict[str, torch.Tensor]
+    problem: BilevelProblem, first: ObjectiveCalls, state: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor | None],
 ) -> KeptForward | None:
-    """The first forward, with a snapshot of the buffers it left (before the meta forward)."""
+    """The first forward, with a snapshot of the buffers it left (before the meta forward),
+    its terms and, when asked, the objective's gradient ``grads`` (detached)."""
     if not problem.keep_forward:
         return None
-    return KeptForward(logits, {n: state[n].clone() for n, _ in problem.model.named_buffers()})
+    assert first.logits is not None, "the objective was never called"
+    terms = {name: LossTerm(term.losses.detach(), None if term.weights is None else term.weights.detach(),
+                            term.normalization, term.coef) for name, term in first.terms.items()}
+    kept_grads = ({n: None if g is None else g.detach() for n, g in grads.items()}
+                  if problem.keep_gradient else None)
+    return KeptForward(first.logits, {n: state[n].clone() for n, _ in problem.model.named_buffers()},
+                       terms, kept_grads)
 
 
 @register_estimator
@@ -267,13 +298,14 @@ class ExactJVP(MetaGradientEstimator):
         device = x.device
         with torch.autocast(device_type=device.type, enabled=False):
             rng = _rng_state(device)
-            logits = functional_forward(model, {**named, **buffers}, x)
-            parts = [(term.coef, *term.terms()) for term in problem.objective(logits).values()]
+            first = ObjectiveCalls(problem.objective)
+            parts = [(term.coef, *term.terms())
+                     for term in first(functional_forward(model, {**named, **buffers}, x)).values()]
             loss = sum(coef * safe_divide(numerator, _global(denominator))
                        for coef, numerator, denominator in parts)
             grads = _all_reduced(torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
                                                      retain_graph=problem.keep_forward))
-            kept = kept_forward(problem, logits, buffers)
+            kept = kept_forward(problem, first, buffers, dict(zip(trainable, grads, strict=True)))
             with torch.no_grad():
                 stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,
                                        detached=True)

@@ -15,6 +15,9 @@ the last (the classifier head) is always differentiated through, as in the refer
 implementation; the ``candidate_layers`` layers below it (8 by default, about the
 reference's ``top_k`` = 15 parameter tensors of a ResNet) get samplers; the layers under
 those are always detached, so the second-order backward never goes below the candidates.
+When those lower layers outnumber the head and the candidates (a deep model), their
+gradients come from a plain backward and only the top's from the create-graph one, which
+then stops at the candidates (``lookahead``'s ``graph_only``: same values, less recorded).
 
 The samplers are trained on FaMUS Eq. 12, L = L^meta + lambda_1 L_r + lambda_2 L_g, with
 SGD (lr 0.1, momentum 0.9), after each meta step:
@@ -47,13 +50,13 @@ from weightzoo.bilevel.estimators import (
     BilevelProblem,
     MetaGradient,
     MetaGradientEstimator,
+    ObjectiveCalls,
     kept_forward,
     register_estimator,
     require_single_process,
     scalar_meta_loss,
 )
 from weightzoo.bilevel.lookahead import functional_forward, lookahead, parameter_layers
-from weightzoo.weighting.reduction import LossTerm
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Famus(MetaGradientEstimator):
         self._reads: dict[str, str] = {}  # sampler key -> the parameter whose gradient it reads
         self._layer_of: dict[str, str] = {}  # parameter name -> its layer's key
         self._head: list[str] = []  # the head's parameter names
+        self._graph_only: set[str] | None = None  # the parameters whose gradient keeps its graph
         self._selected: list[float] = []
 
     @classmethod
@@ -153,6 +157,9 @@ class Famus(MetaGradientEstimator):
         candidates = below[len(below) - min(count, len(below)):]
         self._layer_of = {name: _key(prefix) for prefix, names in layers for name in names}
         self._reads = {_key(prefix): names[0] for prefix, names in candidates}
+        lower = len(below) - len(candidates)
+        self._graph_only = ({name for _, names in (*candidates, layers[-1]) for name in names}
+                            if lower > len(candidates) + 1 else None)
         reference = next(model.parameters())
         self.samplers = nn.ModuleDict({
             key: GradientSampler(pooled_gradient(named[name].detach()).numel(), self.config.hidden)
@@ -182,13 +189,9 @@ class Famus(MetaGradientEstimator):
         require_single_process(self.name)
         if not self._head:
             self.prepare(problem.model)
-        seen: list[torch.Tensor] = []
+        seen = ObjectiveCalls(problem.objective)
         captured: dict[str, Any] = {}
         head_key = self._layer_of[self._head[0]]
-
-        def objective(logits: torch.Tensor) -> dict[str, LossTerm]:
-            seen.append(logits)
-            return problem.objective(logits)
 
         def gate(grads: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
             gates = self._gates(grads)
@@ -207,11 +210,11 @@ class Famus(MetaGradientEstimator):
                     out[name] = grad.detach()
             return out
 
-        state = lookahead(
-            problem.model, problem.x, objective, lr=problem.lr, optimizer=problem.optimizer,
-            config=problem.lookahead_config, transform=gate,
+        state, step_grads = lookahead(
+            problem.model, problem.x, seen, lr=problem.lr, optimizer=problem.optimizer,
+            config=problem.lookahead_config, transform=gate, graph_only=self._graph_only,
         )
-        kept = kept_forward(problem, seen[0], state)
+        kept = kept_forward(problem, seen, state, step_grads)
         gates: dict[str, torch.Tensor] = captured["gates"]
         with torch.autocast(device_type=problem.meta_x.device.type, enabled=False):
             logits = functional_forward(problem.model, state, problem.meta_x)

@@ -57,7 +57,8 @@ def lookahead(
     config: LookaheadConfig = LookaheadConfig(),
     only: set[str] | None = None,
     transform: GradientTransform | None = None,
-) -> dict[str, torch.Tensor]:
+    graph_only: set[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
     """Virtual step of ``model`` on the objective's gradient, differentiable through it.
 
     objective: logits of ``model`` on x -> named loss terms (may depend on other tensors,
@@ -68,8 +69,14 @@ def lookahead(
     only: step just these parameter names (an approximation, e.g. the last layer).
     transform: name -> gradient (with its graph) to the gradients the step takes, e.g. some
         detached (FaMUS: the meta-gradient then flows through the other layers only).
-    Returns the full state for ``functional_call``: stepped parameters, the unchanged
-    frozen parameters, and clones of all buffers (as left by the forward on x).
+    graph_only: only these parameters' gradients keep their graph (create-graph backward,
+        which stops at the lowest of them); the others come from a second, plain backward and
+        step detached, so neither the second-order backward nor the meta forward records
+        anything below the cut. Same values as a full create-graph backward followed by
+        detaching the others; cheaper when the cut is high in a deep model.
+    Returns (the full state for ``functional_call``: stepped parameters, the unchanged
+    frozen parameters, and clones of all buffers (as left by the forward on x); the gradient
+    each stepped parameter took, by name, with its graph where it has one).
     """
     trainable, groups = steppable_parameters(model, optimizer, lr, config, only)
     named = dict(model.named_parameters())
@@ -79,15 +86,21 @@ def lookahead(
         if not isinstance(terms, dict) or not all(isinstance(t, LossTerm) for t in terms.values()):
             raise TypeError("the training objective must return named loss terms {name: LossTerm}")
         loss = total_loss(terms)
-        grads = torch.autograd.grad(
-            loss, list(trainable.values()), create_graph=True, allow_unused=True
-        )
+        graphed = trainable if graph_only is None else {n: p for n, p in trainable.items() if n in graph_only}
+        plain = {n: p for n, p in trainable.items() if n not in graphed}
+        grads = dict(zip(graphed, torch.autograd.grad(
+            loss, list(graphed.values()), create_graph=True, allow_unused=True, retain_graph=True,
+        ), strict=True))
+        if plain:  # the forward's graph stays for the second-order backward and a kept forward
+            grads.update(zip(plain, torch.autograd.grad(
+                loss, list(plain.values()), allow_unused=True, retain_graph=True), strict=True))
         if transform is not None:
-            changed = transform(dict(zip(trainable, grads, strict=True)))
-            grads = tuple(changed[name] for name in trainable)
+            grads = transform(grads)
     stepped = dict(named)
-    stepped.update(virtual_step(trainable, grads, groups, optimizer, config))
-    return {**stepped, **buffers}
+    stepped.update(virtual_step(graphed, tuple(grads[n] for n in graphed), groups, optimizer, config))
+    stepped.update(virtual_step(plain, tuple(grads[n] for n in plain), groups, optimizer, config,
+                                detached=True))
+    return {**stepped, **buffers}, grads
 
 
 def virtual_step(

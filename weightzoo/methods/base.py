@@ -56,11 +56,15 @@ class StepOutput:
     """What a method's step returns: named loss terms (summed, each normalised on its own,
     into the objective the engine minimises), the per-sample weights it gave the labelled
     samples (B,) or None, and extra per-step numbers (scalar tensors or floats) averaged into
-    the epoch's metrics -- tensors stay on the device until the epoch ends."""
+    the epoch's metrics -- tensors stay on the device until the epoch ends. ``grads``: the
+    objective's gradient w.r.t. the model's parameters by name, when the method has it
+    already (a lagged meta step's); the engine then steps along it instead of
+    back-propagating the terms (one process, no loss scaling)."""
 
     terms: dict[str, LossTerm]
     weights: torch.Tensor | None = None
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    grads: dict[str, torch.Tensor | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from weightzoo.bilevel.estimators import (
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import MetaSet, VirtualStepConfig
 from weightzoo.losses import per_sample_loss
-from weightzoo.methods.base import Method, RunContext
+from weightzoo.methods.base import Method, RunContext, StepOutput
 
 if TYPE_CHECKING:
     from weightzoo.training.engine import Trainer
@@ -41,6 +41,10 @@ def check_estimator(name: str) -> None:
 def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The meta loss: mean CE over the meta batch, hard (M,) or soft (M, C) targets."""
     return per_sample_loss("ce", logits, targets).mean()
+
+
+LAGGED_NEEDS = ("a lagged real step reuses the look-ahead's forward and gradient: it needs "
+                "reuse_forward, one process and no autocast")
 
 
 class BilevelConfig(Protocol):
@@ -97,26 +101,34 @@ class BilevelMethod(Method):
     def meta_gradient(
         self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
         hyper_params: list[torch.Tensor], *, dominant_mixup: bool = False, shared: bool = True,
-        meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None, keep_gradient: bool = False,
     ) -> MetaGradient:
         """dL^meta/d hyper_params for the training objective on inputs x (B, ...), on a fresh
         meta batch (this rank's shard of it under torchrun) or on ``meta_batch`` (x (M, ...),
         y (M,)) when the method gives one; keeps the look-ahead's forward when the real step
-        may reuse it. ``shared``: the hyper-parameters are the same on every rank (summed
-        gradients), not per sample."""
+        may reuse it, and its gradient too with ``keep_gradient`` (a lagged real step).
+        ``shared``: the hyper-parameters are the same on every rank (summed gradients), not
+        per sample."""
         assert self.estimator is not None, "setup() was not called"
         meta_x, meta_y = meta_batch or self.meta_set.batch(trainer, dominant=dominant_mixup)
         config = self.meta_set.config
+        keep_forward = self.keeps_forward(trainer)
+        if keep_gradient and not keep_forward:
+            raise ValueError(LAGGED_NEEDS)
         result = self.estimator(BilevelProblem(
             model=trainer.module, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
             meta_loss_fn=mean_cross_entropy, hyper_params=hyper_params, lr=lr,
             optimizer=trainer.optimizer,
             lookahead_config=LookaheadConfig(config.include_momentum, config.include_weight_decay),
-            keep_forward=self.config.reuse_forward and trainer.amp_dtype is None and trainer.world == 1,
-            shared_hyper_params=shared,
+            keep_forward=keep_forward, keep_gradient=keep_gradient, shared_hyper_params=shared,
         ))
         self._meta_losses.append(result.meta_loss)
         return result
+
+    def keeps_forward(self, trainer: Trainer) -> bool:
+        """Whether the real step may reuse the look-ahead's forward (``reuse_forward``, one
+        process, no autocast)."""
+        return self.config.reuse_forward and trainer.amp_dtype is None and trainer.world == 1
 
     def start_learning(self, learner: nn.Module, lr: float, weight_decay: float) -> None:
         """Meta-learn ``learner`` with Adam (called from ``setup``)."""
@@ -132,6 +144,16 @@ class BilevelMethod(Method):
         result = self.meta_gradient(trainer, x, lr, objective, params, **options)
         apply_meta_gradient(result, params, self.optimizer)
         return result.forward
+
+    @staticmethod
+    def lagged_step(trainer: Trainer, kept: KeptForward | None, weighted: str) -> StepOutput | None:
+        """The real step along the look-ahead's own gradient (weights one meta update behind),
+        when the meta step kept it: the kept forward's buffers restored, its terms reported and
+        the weights of its term ``weighted``; None otherwise."""
+        if kept is None or kept.grads is None:
+            return None
+        kept.restore_buffers(trainer.module)
+        return StepOutput(kept.terms, kept.terms[weighted].weights, grads=kept.grads)
 
     @staticmethod
     def logits(trainer: Trainer, x: torch.Tensor, kept: KeptForward | None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from weightzoo.bilevel.estimators import (
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
-from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
+from weightzoo.methods.bilevel import LAGGED_NEEDS, BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import (
     INPUT_NORMS,
@@ -60,10 +60,12 @@ def weighting_meta_gradient(
     optimizer: torch.optim.Optimizer | None = None,
     lookahead_config: LookaheadConfig | None = None,
     estimator: MetaGradientEstimator | None = None, keep_forward: bool = False,
+    keep_gradient: bool = False,
 ) -> MetaGradient:
     """dL^meta/dTheta for the weighter of ``weighting`` (Algorithm 1, steps 1-3).
 
-    x (B, ...), y (B,) a training batch; meta_x (M, ...), meta_y (M,) or (M, C) soft.
+    x (B, ...), y (B,) a training batch; meta_x (M, ...), meta_y (M,) or (M, C) soft;
+    keep_forward / keep_gradient: as :class:`~weightzoo.bilevel.estimators.BilevelProblem`'s.
     Nothing is modified.
     """
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
@@ -73,6 +75,7 @@ def weighting_meta_gradient(
         model=model, x=x, objective=weighting_objective(weighting, y), meta_x=meta_x, meta_y=meta_y,
         meta_loss_fn=mean_cross_entropy, hyper_params=params, lr=lr, optimizer=optimizer,
         lookahead_config=lookahead_config or LookaheadConfig(), keep_forward=keep_forward,
+        keep_gradient=keep_gradient,
     ))
 
 
@@ -108,6 +111,9 @@ class MetaConfig(VirtualStepConfig):
             raise ValueError("meta.meta_lr and meta.meta_weight_decay must be >= 0")
 
 
+REAL_STEPS: tuple[str, ...] = ("updated", "lagged")
+
+
 @dataclass
 class MetaWeightingConfig:
     """The ``[method]`` keys of ``cmwnet`` (and ``mwnet``).
@@ -121,6 +127,11 @@ class MetaWeightingConfig:
     reuse_forward: the real step reuses the look-ahead's forward at theta instead of a
         fresh one (single process, no autocast); identical results unless the model has
         dropout (the masks are then shared with the look-ahead);
+    real_step: ``updated`` (the papers' Algorithm 1: the real step weights the batch with
+        the weighter just updated, one more backward) or ``lagged`` (an approximation: the
+        real step follows the look-ahead's own gradient, i.e. weights from the weighter
+        before this meta update; saves the real backward; needs ``reuse_forward``, one
+        process, no autocast, and an estimator that steps every layer, not ``last-layer``);
     base_loss: the per-sample loss the weights multiply: ``ce`` (the papers) or a robust
         loss, ``gce`` / ``sce`` (defaults of ``weightzoo.losses``); the weighter reads each
         sample's CE either way, and the meta loss stays CE on the meta set. Recorded in the
@@ -134,6 +145,7 @@ class MetaWeightingConfig:
     input_norm: str = "log_classes"
     estimator: str = AUTO
     reuse_forward: bool = True
+    real_step: str = "updated"
     base_loss: str = "ce"
     meta: MetaConfig = field(default_factory=MetaConfig)
 
@@ -145,8 +157,17 @@ class MetaWeightingConfig:
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"method.input_norm must be one of {INPUT_NORMS}")
         check_estimator(self.estimator)
+        if self.real_step not in REAL_STEPS:
+            raise ValueError(f"method.real_step must be one of {REAL_STEPS}, got {self.real_step!r}")
+        if self.lagged and (self.estimator == "last-layer" or not self.reuse_forward):
+            raise ValueError("method.real_step 'lagged' reuses the look-ahead's forward and full gradient: "
+                             "it needs reuse_forward = true and an estimator other than 'last-layer'")
         if self.base_loss not in WEIGHTED_LOSSES:
             raise ValueError(f"method.base_loss must be one of {WEIGHTED_LOSSES}, got {self.base_loss!r}")
+
+    @property
+    def lagged(self) -> bool:
+        return self.real_step == "lagged"
 
     def validate(self, schedule: Schedule) -> None:
         if schedule.warmup_epochs >= schedule.epochs:
@@ -217,6 +238,8 @@ class MetaWeighting(BilevelMethod):
         if self.weighter is None:
             self.bind(RunContext(trainer.data.num_classes, seed=trainer.seed))
         assert self.weighter is not None
+        if self.config.lagged and not self.keeps_forward(trainer):
+            raise ValueError(LAGGED_NEEDS)
         super().setup(trainer)
         self.weighter.to(trainer.device).train().requires_grad_(True)
         self.start_learning(self.weighter, self.meta.meta_lr, self.meta.meta_weight_decay)
@@ -232,7 +255,10 @@ class MetaWeighting(BilevelMethod):
         kept = None
         if self.meta_iteration(batch):
             kept = self.learn(trainer, batch.x, batch.lr,
-                              weighting_objective(self.weighting, batch.y, self.config.base_loss))
+                              weighting_objective(self.weighting, batch.y, self.config.base_loss),
+                              keep_gradient=self.config.lagged)
+            if (lagged := self.lagged_step(trainer, kept, "ce")) is not None:
+                return lagged
         logits = self.logits(trainer, batch.x, kept).float()
         term = self.weighting.term(self.config.base_loss, logits, batch.y, weighted=not batch.warmup)
         return StepOutput({"ce": term}, term.weights)

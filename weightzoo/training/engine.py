@@ -247,7 +247,10 @@ class Trainer:
             if self._weighted_here is not None:
                 self._weighted_here[batch.index] = True
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if output.grads is None:
+            self.scaler.scale(loss).backward()
+        else:
+            self._set_gradients(output.grads)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         method.after_step(self, batch, output)
@@ -256,6 +259,14 @@ class Trainer:
             logs.update({f"{name}_loss": safe_divide(*term.terms()).detach().float()
                          for name, term in output.terms.items()})
         return reported, logs
+
+    def _set_gradients(self, grads: dict[str, torch.Tensor | None]) -> None:
+        """Give the model's parameters the gradient a method computed (by parameter name)."""
+        if self.world > 1 or self.scaler.is_enabled():
+            raise ValueError("a method's precomputed gradient needs one process and no fp16 loss scaling")
+        for name, param in self.module.named_parameters():
+            grad = grads.get(name)
+            param.grad = None if grad is None else grad.to(param.dtype)
 
     def _objective(self, output: StepOutput) -> torch.Tensor:
         """Sum over terms of coef * numerator / global denominator.
