@@ -9,10 +9,11 @@ from torch import nn
 
 from weightzoo.bilevel.estimators import build_estimator
 from weightzoo.bilevel.famus import Famus, FamusConfig, pooled_gradient
-from weightzoo.bilevel.lookahead import LookaheadConfig, functional_forward, lookahead
+from weightzoo.bilevel.lookahead import LookaheadConfig, functional_forward, lookahead_step
 from weightzoo.methods.meta_weighting import weighting_meta_gradient
 from weightzoo.recipe import recipe_from_dict
 from weightzoo.weighting.nets import CMWNet
+from weightzoo.weighting.reduction import total_loss
 from weightzoo.weighting.sample_weighting import SampleWeighting
 
 COUNTS = [5, 5, 5, 20, 20, 20, 60, 60, 60, 60]
@@ -112,9 +113,13 @@ def test_a_cut_create_graph_backward_gives_the_detached_full_one() -> None:
     def detach_below(grads):
         return {n: g if n in top else g.detach() for n, g in grads.items()}
 
+    plain = dict(zip(names, torch.autograd.grad(total_loss(objective(model(x))), list(model.parameters())),
+                     strict=True))
     results = []
     for options in ({"transform": detach_below}, {"graph_only": top}):
-        state, _ = lookahead(model, x, objective, lr=0.1, **options)
+        state, grads = lookahead_step(model, x, objective, lr=0.1, **options)
+        for name in names:  # the gradients the step took: the objective's, at theta
+            torch.testing.assert_close(grads[name].detach(), plain[name], rtol=1e-12, atol=1e-14)
         meta_loss = F.cross_entropy(functional_forward(model, state, mx), my)
         results.append((state, torch.autograd.grad(meta_loss, list(sw.weighter.parameters()))))
     (full, full_grads), (cut, cut_grads) = results

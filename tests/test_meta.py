@@ -159,7 +159,7 @@ def test_lookahead_reproduces_the_real_sgd_step(sgd: dict, prior_steps: int) -> 
         opt.step()
         opt.zero_grad()
     buffers = snapshot(model)
-    state, _ = lookahead(model, x, ce_term(y), lr=None, optimizer=opt, config=BOTH)
+    state = lookahead(model, x, ce_term(y), lr=None, optimizer=opt, config=BOTH)
     assert_same_state(model, buffers)
     F.cross_entropy(model(x), y).backward()
     opt.step()
@@ -172,7 +172,7 @@ def test_lookahead_skips_parameters_outside_the_optimizer() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model[1].parameters(), lr=0.1)
     x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
-    state, _ = lookahead(model, x, ce_term(y), lr=0.1, optimizer=opt)
+    state = lookahead(model, x, ce_term(y), lr=0.1, optimizer=opt)
     assert state["0.weight"] is model[0].weight
     assert not torch.equal(state["1.weight"], model[1].weight)
 

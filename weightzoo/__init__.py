@@ -26,7 +26,7 @@ from weightzoo.bilevel.estimators import (
     register_estimator,
 )
 from weightzoo.bilevel.famus import Famus, FamusConfig
-from weightzoo.bilevel.lookahead import LookaheadConfig, lookahead
+from weightzoo.bilevel.lookahead import LookaheadConfig, LookaheadStep, lookahead, lookahead_step
 from weightzoo.bilevel.metaset import MetaSet, MetaSetConfig, VirtualStepConfig
 from weightzoo.data.bias import BiasSpec, inject_bias
 from weightzoo.data.partial import candidate_sets, check_candidates
@@ -74,6 +74,7 @@ __all__ = [
     "fixmatch_unlabeled_loss", "strong_view", "threshold_mask",
     "inject_bias", "list_datasets",
     "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",
+    "lookahead_step", "LookaheadStep",
     "method_names", "method_spec", "per_sample_loss", "prepare_data", "push_to_hub",
     "reduce_weighted", "register_estimator", "register_method", "resolve", "save_artifact",
     "total_loss", "train_recipe", "train_with_baselines", "validate_artifact",

@@ -44,7 +44,7 @@ from weightzoo.bilevel.lookahead import (
     functional_forward,
     gradient_coefficient,
     last_layer_parameters,
-    lookahead,
+    lookahead_step,
     steppable_parameters,
     virtual_step,
 )
@@ -208,7 +208,7 @@ class ExactSecondOrder(MetaGradientEstimator):
             raise ValueError(f"the {self.name!r} estimator computes the gradient of some layers only; "
                              "a lagged real step needs an estimator that steps every layer")
         seen = ObjectiveCalls(problem.objective)
-        state, grads = lookahead(
+        state, grads = lookahead_step(
             problem.model, problem.x, seen, lr=problem.lr,
             optimizer=problem.optimizer, config=problem.lookahead_config, only=only,
         )

@@ -56,7 +56,7 @@ from weightzoo.bilevel.estimators import (
     require_single_process,
     scalar_meta_loss,
 )
-from weightzoo.bilevel.lookahead import functional_forward, lookahead, parameter_layers
+from weightzoo.bilevel.lookahead import functional_forward, lookahead_step, parameter_layers
 
 
 @dataclass
@@ -210,7 +210,7 @@ class Famus(MetaGradientEstimator):
                     out[name] = grad.detach()
             return out
 
-        state, step_grads = lookahead(
+        state, step_grads = lookahead_step(
             problem.model, problem.x, seen, lr=problem.lr, optimizer=problem.optimizer,
             config=problem.lookahead_config, transform=gate, graph_only=self._graph_only,
         )

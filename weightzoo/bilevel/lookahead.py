@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -47,7 +48,24 @@ def functional_forward(model: nn.Module, state: dict[str, torch.Tensor], x: torc
     return out
 
 
+class LookaheadStep(NamedTuple):
+    """state: the full state for ``functional_call`` (stepped parameters, the unchanged
+    frozen parameters, clones of all buffers as left by the forward on x); grads: the
+    gradient each stepped parameter took, by name, with its graph where it has one."""
+
+    state: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor | None]
+
+
 def lookahead(
+    model: nn.Module, x: torch.Tensor, objective: Objective, **options: Any
+) -> dict[str, torch.Tensor]:
+    """The state after the virtual step, for ``functional_call``: :func:`lookahead_step`'s
+    ``state`` (``options``: its keyword arguments)."""
+    return lookahead_step(model, x, objective, **options).state
+
+
+def lookahead_step(
     model: nn.Module,
     x: torch.Tensor,
     objective: Objective,
@@ -58,7 +76,7 @@ def lookahead(
     only: set[str] | None = None,
     transform: GradientTransform | None = None,
     graph_only: set[str] | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+) -> LookaheadStep:
     """Virtual step of ``model`` on the objective's gradient, differentiable through it.
 
     objective: logits of ``model`` on x -> named loss terms (may depend on other tensors,
@@ -74,9 +92,7 @@ def lookahead(
         step detached, so neither the second-order backward nor the meta forward records
         anything below the cut. Same values as a full create-graph backward followed by
         detaching the others; cheaper when the cut is high in a deep model.
-    Returns (the full state for ``functional_call``: stepped parameters, the unchanged
-    frozen parameters, and clones of all buffers (as left by the forward on x); the gradient
-    each stepped parameter took, by name, with its graph where it has one).
+    Returns the state after the step and the gradients it took (:class:`LookaheadStep`).
     """
     trainable, groups = steppable_parameters(model, optimizer, lr, config, only)
     named = dict(model.named_parameters())
@@ -100,7 +116,7 @@ def lookahead(
     stepped.update(virtual_step(graphed, tuple(grads[n] for n in graphed), groups, optimizer, config))
     stepped.update(virtual_step(plain, tuple(grads[n] for n in plain), groups, optimizer, config,
                                 detached=True))
-    return {**stepped, **buffers}, grads
+    return LookaheadStep({**stepped, **buffers}, grads)
 
 
 def virtual_step(
