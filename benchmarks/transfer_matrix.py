@@ -60,6 +60,17 @@ TARGETS = {  # name -> (dataset, model, epochs)
 }
 
 
+def weighter_name(value: str) -> tuple[str, str]:
+    """A ``--weighters`` value as (its name in the tables, what ``weightzoo apply`` loads):
+    a shipped entry by name, or a weighter directory named by its last component."""
+    if value in WEIGHTERS:
+        return value, value
+    if (Path(value) / "config.json").is_file():
+        return Path(value).name, value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a shipped entry ({', '.join(WEIGHTERS)}) "
+                                     "nor a weighter directory")
+
+
 def cell_dir(runs: Path, target: str, bias: str, seed: int) -> Path:
     return runs / target / bias.replace("+", "_") / f"seed{seed}"
 
@@ -69,13 +80,15 @@ def main() -> None:
     add_run_options(parser, "runs/bench-transfer-matrix", "benchmarks/results/transfer_matrix")
     parser.add_argument("--targets", nargs="+", default=["digits-mlp", "mnist5k-mlp"], choices=list(TARGETS))
     parser.add_argument("--biases", nargs="+", default=list(BIASES), choices=list(BIASES))
-    parser.add_argument("--weighters", nargs="+", default=WEIGHTERS, choices=WEIGHTERS,
-                        help="the entries to apply (the first also trains the baselines); a rule "
+    parser.add_argument("--weighters", nargs="+", default=WEIGHTERS, type=weighter_name,
+                        help="the entries to apply: shipped names, or weighter directories (named "
+                             "by the directory; the first entry also trains the baselines); a rule "
                              "is reported only when all its picks are among them")
     parser.add_argument("--record-in-zoo", action="store_true",
                         help="record each entry's measured cells in its shipped artifact and card")
     args = parser.parse_args()
-    weighters = args.weighters
+    sources = dict(args.weighters)  # name -> what `weightzoo apply` loads
+    weighters = list(sources)
     rules = {r: choice for r, choice in RULES.items() if set(choice.values()) <= set(weighters)}
     jobs = []
     for target in args.targets:
@@ -85,7 +98,7 @@ def main() -> None:
                 cell = cell_dir(args.runs, target, bias, seed)
                 for i, weighter in enumerate(weighters):  # the first also trains the baselines
                     extra = [x for b in BASELINES for x in ("--baseline", b)] if i == 0 else []
-                    jobs.append((["apply", weighter, "--data", dataset, "--model", model, "--epochs",
+                    jobs.append((["apply", sources[weighter], "--data", dataset, "--model", model, "--epochs",
                                   str(epochs), "--bias", BIASES[bias], "--seed", str(seed),
                                   "--out", str(cell / weighter), *extra],
                                  cell / weighter / "comparison.json"))
@@ -128,7 +141,7 @@ def record_in_zoo(result: dict) -> None:
     from weightzoo.artifact.format import Provenance, load_artifact, save_artifact
     from weightzoo.atomic import atomic_write
 
-    for name in result["weighters"]:
+    for name in (w for w in result["weighters"] if w in WEIGHTERS):  # shipped entries only
         directory = hub.builtin_root() / name
         artifact = load_artifact(directory)
         meta = Provenance.from_metadata(artifact.config.metadata)

@@ -243,6 +243,19 @@ def test_model_card_long_tail_tag(tmp_path: Path) -> None:
     assert "mwnet" in card.data.tags
 
 
+def test_a_batch_mean_weighter_round_trips_and_its_card_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weighter = CMWNet(num_families=3, input_norm="batch_mean")
+    directory = save_artifact(weighter, tmp_path / "w", curve=True)
+    loaded = load_artifact(directory)
+    assert loaded.config.input_norm == "batch_mean"
+    losses, families = torch.rand(8) * 3, torch.arange(8) % 3
+    torch.testing.assert_close(loaded(losses, families), weighter(losses, families))
+    card = (directory / CARD_NAME).read_text()
+    assert "(loss / the mean loss of its batch)" in card
+    assert "Weight at losses from 0 to 4 times the batch's mean loss:" in card
+
+
 def test_resolve_missing_name_lists_where_it_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

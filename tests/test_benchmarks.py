@@ -85,3 +85,19 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     assert (tmp_path / name / "metrics.json").read_bytes() == metrics
     for key, value in before.state_dict().items():
         assert torch.equal(value, after.state_dict()[key])
+
+
+def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: Path) -> None:
+    import argparse
+
+    import pytest
+
+    from benchmarks.transfer_matrix import weighter_name
+    from weightzoo import CMWNet
+
+    assert weighter_name("mwnet-fmnist-sym40") == ("mwnet-fmnist-sym40", "mwnet-fmnist-sym40")
+    CMWNet(num_families=3).save_pretrained(tmp_path / "my-weighter")
+    assert weighter_name(str(tmp_path / "my-weighter")) == ("my-weighter", str(tmp_path / "my-weighter"))
+    for bad in ("no-such-entry", str(tmp_path)):
+        with pytest.raises(argparse.ArgumentTypeError, match="neither a shipped entry"):
+            weighter_name(bad)

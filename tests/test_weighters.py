@@ -100,6 +100,26 @@ def test_loss_input_scale() -> None:
     assert loss_input_scale("log_classes", 1) == 1.0
 
 
+def test_batch_mean_reads_each_loss_relative_to_its_batch() -> None:
+    """``batch_mean``: the weights do not change when every loss of the batch is scaled;
+    a loss at the batch's mean gets the curve's value at 1; non-finite losses stay out of
+    the mean (and get weight 0 from ``SampleWeighting``)."""
+    torch.manual_seed(0)
+    w = CMWNet(input_norm="batch_mean", source_num_classes=10)
+    losses, fams = _losses(), _families(16, 3)
+    torch.testing.assert_close(w(losses * 7.5, fams, num_classes=1000), w(losses, fams))
+    at_mean, families = torch.full((4,), 2.0), torch.arange(4) % 3
+    torch.testing.assert_close(w(at_mean, families), w.curve(torch.ones(1))[0][families])
+    with_bad = torch.cat([losses, torch.tensor([float("nan"), float("inf")])])
+    torch.testing.assert_close(w(with_bad, torch.cat([fams, torch.zeros(2, dtype=torch.long)]))[:16],
+                               w(losses, fams))
+    zeros = torch.zeros(5)  # a mean of 0 leaves the batch unscaled
+    torch.testing.assert_close(w(zeros, torch.zeros(5, dtype=torch.long)),
+                               w.curve(torch.zeros(1))[0, 0].expand(5))
+    assert w.loss_grid(5).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert loss_input_scale("batch_mean", 10) == 1.0
+
+
 def test_log_classes_divides_by_ln_of_given_num_classes() -> None:
     torch.manual_seed(0)
     w = CMWNet(input_norm="log_classes", source_num_classes=10)

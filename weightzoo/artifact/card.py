@@ -19,6 +19,9 @@ from weightzoo.weighting.nets import CMWNet
 from weightzoo.weighting.weighted_loss import meta_training_warmup_epochs
 
 LIBRARY_NAME = "weightzoo"
+# what a weighter's loss input normalisation does, as its card says it
+INPUT_NORM_MEANING = {"log_classes": " (loss / ln C of the data it is applied to)",
+                      "batch_mean": " (loss / the mean loss of its batch)"}
 
 
 def card_tags(weighter: Artifact) -> list[str]:
@@ -60,10 +63,11 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         _warmup_line(weighter),
         "## Weighting function",
         f"- base loss: `{cfg.base_loss}`; loss input normalisation: `{cfg.input_norm}`"
-        + (" (loss / ln C of the data it is applied to)" if cfg.input_norm == "log_classes" else "")
+        + INPUT_NORM_MEANING.get(cfg.input_norm, "")
         + f"; weighted-loss normalisation: `{cfg.normalization}`",
         f"- source classes: {cfg.source_num_classes}; hidden width: {cfg.hidden}",
-        "Weight at raw losses from 0 to 3 ln C (source C):",
+        ("Weight at losses from 0 to 4 times the batch's mean loss:" if cfg.input_norm == "batch_mean"
+         else "Weight at raw losses from 0 to 3 ln C (source C):"),
         curve_table(weighter, 9).markdown(),
     ]
 

@@ -96,7 +96,8 @@ def plot_curves(
             ax.set_title(f"learned {weighter.config.loss}: " + ", ".join(
                 f"{k}={v:.3g}" for k, v in weighter.hyperparameters().items()))
         else:
-            ax.set_xlabel(f"per-sample cross entropy (base loss: {weighter.config.base_loss})")
+            relative = " / batch mean" if weighter.config.input_norm == "batch_mean" else ""
+            ax.set_xlabel(f"per-sample cross entropy{relative} (base loss: {weighter.config.base_loss})")
             ax.set_ylabel("weight")
             ax.set_ylim(0, 1)
             ax.set_title(f"{weighter.config.kind} weighting function")

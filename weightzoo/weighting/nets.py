@@ -19,10 +19,10 @@ from weightzoo.typed_tables import DictRecord
 
 WeighterKind = Literal["mwnet", "cmwnet"]
 Normalization = Literal["sum", "mean", "detached_sum"]
-InputNorm = Literal["none", "log_classes"]
+InputNorm = Literal["none", "log_classes", "batch_mean"]
 
 NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "detached_sum")
-INPUT_NORMS: tuple[str, ...] = ("none", "log_classes")
+INPUT_NORMS: tuple[str, ...] = ("none", "log_classes", "batch_mean")
 # the per-sample losses a weighter's weights multiply (``gce`` / ``sce`` with the defaults of
 # ``weightzoo.losses``); ``sl`` is CMW-Net-SL's soft-label loss
 WEIGHTED_LOSSES: tuple[str, ...] = ("ce", "gce", "sce")
@@ -38,7 +38,10 @@ class WeighterConfig(DictRecord):
     num_families: number of heads K (task families); 1 for MW-Net.
     input_norm: how the raw loss is scaled before entering the net. ``log_classes``
         divides by ln C of the data it is applied to, so that a weighter trained on
-        C_source classes sees the same input range on C_target classes.
+        C_source classes sees the same input range on C_target classes; ``batch_mean``
+        divides by the mean (finite) loss of the batch being weighted, so that the weighter
+        reads how a sample's loss compares with its batch's, whatever the data, model or
+        training stage.
     normalization: how weights reduce a batch of losses (see ``weightzoo.reduction``).
     base_loss: the per-sample loss the weighter's weights multiplied in meta-training:
         ``ce``, a robust loss ``gce`` / ``sce`` (the weighter still reads the sample's CE), or
@@ -85,11 +88,23 @@ class WeighterConfig(DictRecord):
 
 
 def loss_input_scale(input_norm: str, num_classes: int) -> float:
-    """Factor applied to raw losses before they enter the weighter."""
-    if input_norm == "none":
+    """Factor applied to raw losses before they enter the weighter (1 for ``batch_mean``,
+    whose factor is the batch's: see :func:`weighter_input`)."""
+    if input_norm in ("none", "batch_mean"):
         return 1.0
     # ln 1 = 0: a one-class problem has zero CE everywhere; keep the input unscaled.
     return 1.0 / math.log(num_classes) if num_classes > 1 else 1.0
+
+
+def weighter_input(losses: torch.Tensor, input_norm: str, num_classes: int) -> torch.Tensor:
+    """Raw per-sample losses (B,) -> the weighter's input (B,): scaled by
+    :func:`loss_input_scale`, or divided by the batch's mean finite loss (``batch_mean``;
+    a batch whose mean is not positive is left unscaled)."""
+    if input_norm != "batch_mean":
+        return losses * loss_input_scale(input_norm, num_classes)
+    finite = torch.isfinite(losses)
+    mean = torch.where(finite, losses, torch.zeros_like(losses)).sum() / finite.sum().clamp_min(1)
+    return losses / torch.where(mean > 0, mean, torch.ones_like(mean))
 
 
 class CMWNet(ArtifactMixin, nn.Module):
@@ -127,8 +142,8 @@ class CMWNet(ArtifactMixin, nn.Module):
         if losses.dim() != 1:
             raise ValueError(f"losses must be 1-D (batch,), got shape {tuple(losses.shape)}")
         param = self.heads.weight
-        scale = loss_input_scale(self.config.input_norm, num_classes or self.config.source_num_classes)
-        x = (losses.detach().to(param.dtype) * scale).unsqueeze(1)  # (B, 1)
+        x = weighter_input(losses.detach().to(param.dtype), self.config.input_norm,
+                           num_classes or self.config.source_num_classes).unsqueeze(1)  # (B, 1)
         # Non-finite and huge losses must not poison the weights: clamp them into the input
         # range (a finite 1e38 would overflow to inf - inf = NaN inside the net).
         x = torch.nan_to_num(x, nan=0.0, posinf=1e4, neginf=0.0).clamp(-1e4, 1e4)
@@ -144,7 +159,8 @@ class CMWNet(ArtifactMixin, nn.Module):
         return out.gather(1, families.long().to(out.device).unsqueeze(1)).squeeze(1)
 
     def curve(self, losses: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
-        """Weight of every family at each raw loss value: (L,) -> (L, K), no grad."""
+        """Weight of every family at each raw loss value (for ``batch_mean``: each multiple of
+        the batch's mean loss): (L,) -> (L, K), no grad."""
         with torch.no_grad():
             x = losses.to(self.heads.weight).unsqueeze(1)
             scale = loss_input_scale(
@@ -153,7 +169,10 @@ class CMWNet(ArtifactMixin, nn.Module):
             return torch.sigmoid(self.heads(self.shared(x * scale)))
 
     def loss_grid(self, points: int = 9, num_classes: int | None = None) -> torch.Tensor:
-        """(points,) raw losses from 0 to 3 ln C, C the classes weighted (default: source)."""
+        """(points,) raw losses from 0 to 3 ln C, C the classes weighted (default: source);
+        for ``batch_mean``, multiples of the batch's mean loss from 0 to 4."""
+        if self.config.input_norm == "batch_mean":
+            return torch.linspace(0.0, 4.0, points)
         c = num_classes or self.config.source_num_classes
         return torch.linspace(0.0, 3.0 * math.log(max(c, 2)), points)
 
