@@ -23,7 +23,8 @@ Sections (each times its variants side by side on the same architecture, batch a
   runs it (``Trainer._step`` on a synthetic training set with a clean meta set): ``ce``,
   ``mwnet``, ``cmwnet``, ``cmwnet-sl``, ``l2rw`` and ``arl`` (GCE), estimator ``auto``;
   and MW-Net with a meta step every 5 iterations (``meta_interval`` 5), with estimator
-  ``auto`` and ``famus``, reported per iteration.
+  ``auto`` and ``famus``, reported per iteration; and MW-Net with the lagged real step
+  (``real_step = "lagged"``), every iteration and every 5 (``auto`` and ``famus``).
 
 Method: every variant has its own copy of the same initial model and its own optimizer;
 after warm-up iterations the variants run interleaved in rounds of ``--block`` iterations
@@ -242,7 +243,7 @@ def peer_iteration(model: nn.Module, s: Settings, data: Batches, meta: Batches, 
 
 def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int, ...],
                      meta_interval: int = 1, method: Method | None = None,
-                     estimator: str | None = None) -> Step:
+                     estimator: str | None = None, real_step: str | None = None) -> Step:
     """One ``Trainer`` iteration of method ``name`` (or of ``method``, built already) on a
     synthetic training set (every batch after the first epoch's warm-up-free start), with a
     clean meta set of 10 per class. With ``meta_interval`` k > 1 one call runs k iterations
@@ -262,6 +263,8 @@ def method_iteration(model: nn.Module, s: Settings, name: str, shape: tuple[int,
             config.meta.meta_interval = meta_interval
         if estimator is not None:
             config.estimator = estimator
+        if real_step is not None:
+            config.real_step = real_step
         method = build_method(name, config)
     method.bind(RunContext(NUM_CLASSES, meta_x, meta_y, seed=0))
     method.setup(trainer)
@@ -357,6 +360,11 @@ def run_section(section: str, name: str, s: Settings) -> dict[str, Any]:
                                                                       shape, AMORTISED)
         steps[f"method_mwnet_famus_interval{AMORTISED}"] = method_iteration(
             copy.deepcopy(model), s, "mwnet", shape, AMORTISED, estimator="famus")
+        steps["method_mwnet_lagged"] = method_iteration(copy.deepcopy(model), s, "mwnet", shape,
+                                                        real_step="lagged")
+        for estimator in ("auto", "famus"):
+            steps[f"method_mwnet_{estimator}_lagged_interval{AMORTISED}"] = method_iteration(
+                copy.deepcopy(model), s, "mwnet", shape, AMORTISED, estimator=estimator, real_step="lagged")
     elif section == "fixmatch":
         semi = {"labeled_per_class": 10, "mu": FIXMATCH_MU}
         variants = {"threshold": FixMatch(FixMatchConfig(**semi)),

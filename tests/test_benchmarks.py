@@ -29,7 +29,9 @@ def test_step_cost_smoke(tmp_path: Path) -> None:
            "meta_exact_lagged", "meta_jvp_lagged", "meta_famus_lagged"}
     assert own <= set(rows[0]["variants"]) <= own | {"peer_higher", "peer_torchopt"}  # peers: optional
     assert set(rows[1]["variants"]) == {"ce", "frozen"}
-    assert set(rows[2]["variants"]) == {"ce", "method_mwnet_interval5", "method_mwnet_famus_interval5", *(
+    assert set(rows[2]["variants"]) == {"ce", "method_mwnet_interval5", "method_mwnet_famus_interval5",
+                                        "method_mwnet_lagged", "method_mwnet_auto_lagged_interval5",
+                                        "method_mwnet_famus_lagged_interval5", *(
         f"method_{m}" for m in ("ce", "mwnet", "cmwnet", "cmwnet-sl", "l2rw", "arl"))}
     assert set(rows[3]["variants"]) == {"ce", "fixmatch_threshold", "fixmatch_frozen", "fixmatch_meta"}
     assert rows[3]["frozen_over_threshold"] > 0
