@@ -1,6 +1,6 @@
 """Accuracy cost of the meta-step approximations (issue: a faster meta step): the exact meta
 step vs FaMUS vs the look-ahead through the last layer only vs the exact step every 5
-iterations (``meta_interval`` 5) vs the exact step with the lagged real step
+iterations (``meta_interval`` 5) vs the exact step and FaMUS with the lagged real step
 (``real_step = "lagged"``), each meta-training the recipe's weighter, over seeds.
 
     python -m benchmarks.meta_steps [--seeds 0 1 2] [--parallel 2] [--runs runs/bench-meta-steps]
@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "last-layer": ["method.estimator=last-layer"],
     "interval5": ["method.estimator=exact", "meta.meta_interval=5"],
     "lagged": ["method.estimator=exact", "method.real_step=lagged"],
+    "famus-lagged": ["method.estimator=famus", "method.real_step=lagged"],
 }
 
 
