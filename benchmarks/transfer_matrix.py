@@ -62,13 +62,36 @@ TARGETS = {  # name -> (dataset, model, epochs)
 
 def weighter_name(value: str) -> tuple[str, str]:
     """A ``--weighters`` value as (its name in the tables, what ``weightzoo apply`` loads):
-    a shipped entry by name, or a weighter directory named by its last component."""
+    a shipped entry by name, or a weighter directory named by its last component, which must
+    not be a shipped entry's or a baseline's name (their runs and rows would be taken)."""
     if value in WEIGHTERS:
         return value, value
-    if (Path(value) / "config.json").is_file():
-        return Path(value).name, value
-    raise argparse.ArgumentTypeError(f"{value!r} is neither a shipped entry ({', '.join(WEIGHTERS)}) "
-                                     "nor a weighter directory")
+    if not (Path(value) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a shipped entry ({', '.join(WEIGHTERS)}) "
+                                         "nor a weighter directory")
+    name = Path(value).resolve().name
+    if name in WEIGHTERS or name in BASELINES:
+        raise argparse.ArgumentTypeError(f"the weighter directory {value!r} is named like the shipped "
+                                         f"entry or baseline {name!r}: rename it")
+    return name, value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_run_options(parser, "runs/bench-transfer-matrix", "benchmarks/results/transfer_matrix")
+    parser.add_argument("--targets", nargs="+", default=["digits-mlp", "mnist5k-mlp"], choices=list(TARGETS))
+    parser.add_argument("--biases", nargs="+", default=list(BIASES), choices=list(BIASES))
+    parser.add_argument("--weighters", nargs="+", default=[(w, w) for w in WEIGHTERS], type=weighter_name,
+                        help="the entries to apply: shipped names, or weighter directories (named "
+                             "by the directory; the first entry also trains the baselines); a rule "
+                             "is reported only when all its picks are among them")
+    parser.add_argument("--record-in-zoo", action="store_true",
+                        help="record each entry's measured cells in its shipped artifact and card")
+    args = parser.parse_args(argv)
+    names = [name for name, _ in args.weighters]
+    if len(set(names)) < len(names):
+        parser.error(f"--weighters names an entry twice: {', '.join(names)}")
+    return args
 
 
 def cell_dir(runs: Path, target: str, bias: str, seed: int) -> Path:
@@ -76,17 +99,7 @@ def cell_dir(runs: Path, target: str, bias: str, seed: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_run_options(parser, "runs/bench-transfer-matrix", "benchmarks/results/transfer_matrix")
-    parser.add_argument("--targets", nargs="+", default=["digits-mlp", "mnist5k-mlp"], choices=list(TARGETS))
-    parser.add_argument("--biases", nargs="+", default=list(BIASES), choices=list(BIASES))
-    parser.add_argument("--weighters", nargs="+", default=WEIGHTERS, type=weighter_name,
-                        help="the entries to apply: shipped names, or weighter directories (named "
-                             "by the directory; the first entry also trains the baselines); a rule "
-                             "is reported only when all its picks are among them")
-    parser.add_argument("--record-in-zoo", action="store_true",
-                        help="record each entry's measured cells in its shipped artifact and card")
-    args = parser.parse_args()
+    args = parse_args()
     sources = dict(args.weighters)  # name -> what `weightzoo apply` loads
     weighters = list(sources)
     rules = {r: choice for r, choice in RULES.items() if set(choice.values()) <= set(weighters)}

@@ -94,7 +94,7 @@ def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: 
 
     import pytest
 
-    from benchmarks.transfer_matrix import weighter_name
+    from benchmarks.transfer_matrix import WEIGHTERS, parse_args, weighter_name
     from weightzoo import CMWNet
 
     assert weighter_name("mwnet-fmnist-sym40") == ("mwnet-fmnist-sym40", "mwnet-fmnist-sym40")
@@ -103,3 +103,12 @@ def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: 
     for bad in ("no-such-entry", str(tmp_path)):
         with pytest.raises(argparse.ArgumentTypeError, match="neither a shipped entry"):
             weighter_name(bad)
+    for taken in ("mwnet-fmnist-sym40", "gce"):  # a shipped entry's or a baseline's name
+        CMWNet(num_families=3).save_pretrained(tmp_path / taken)
+        with pytest.raises(argparse.ArgumentTypeError, match="rename it"):
+            weighter_name(str(tmp_path / taken))
+    assert [n for n, _ in parse_args([]).weighters] == WEIGHTERS  # the default: every shipped entry
+    (tmp_path / "other").mkdir()
+    CMWNet(num_families=3).save_pretrained(tmp_path / "other" / "my-weighter")
+    with pytest.raises(SystemExit):  # two directories with one name
+        parse_args(["--weighters", str(tmp_path / "my-weighter"), str(tmp_path / "other" / "my-weighter")])

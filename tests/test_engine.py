@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from weightzoo.bilevel.estimators import BilevelProblem
 from weightzoo.bilevel.famus import Famus, FamusConfig
 from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.data.sources import load_dataset
@@ -89,10 +91,12 @@ def l2rw_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "aut
 
 
 def sl_strategy(meta: tuple[torch.Tensor, torch.Tensor], estimator: str = "auto",
-                real_step: str = "updated") -> SoftLabelMetaWeighting:
+                real_step: str = "updated", meta_lr: float = 1e-2,
+                meta_interval: int = 1) -> SoftLabelMetaWeighting:
     torch.manual_seed(1)
     config = SoftLabelConfig(hidden=16, teacher_decay=0.9, estimator=estimator, real_step=real_step,
-                             meta=MetaConfig(meta_lr=1e-2, meta_batch_size=40, mixup_alpha=1.0))
+                             meta=MetaConfig(meta_lr=meta_lr, meta_batch_size=40, mixup_alpha=1.0,
+                                             meta_interval=meta_interval))
     strategy = SoftLabelMetaWeighting(config, meta_x=meta[0], meta_y=meta[1])
     strategy.bind(RunContext(10, meta[0], meta[1]))
     return strategy
@@ -535,7 +539,39 @@ def test_the_lagged_real_step_needs_what_it_reuses() -> None:
         MetaWeightingConfig(real_step="lagged", estimator="last-layer")
     with pytest.raises(ValueError, match="reuse_forward"):
         MetaWeightingConfig(real_step="lagged", reuse_forward=False)
+    with pytest.raises(ValueError, match="needs keep_forward"):
+        BilevelProblem(model=mlp(), x=torch.zeros(1, 64), objective=dict, meta_x=torch.zeros(1, 64),
+                       meta_y=torch.zeros(1, dtype=torch.long), meta_loss_fn=F.cross_entropy,
+                       hyper_params=[], lr=0.1, keep_gradient=True)
     strategy = MetaWeighting(MetaWeightingConfig(real_step="lagged"), weighter=MWNet(hidden=4))
     for amp_dtype, world in ((torch.bfloat16, 1), (None, 2)):  # autocast (CUDA), torchrun
         with pytest.raises(ValueError, match="one process and no autocast"):
             strategy.setup(SimpleNamespace(amp_dtype=amp_dtype, world=world))
+
+
+@pytest.mark.parametrize("kind", ["cmwnet", "cmwnet-sl"])
+def test_a_lagged_run_with_a_still_weighter_trains_like_the_papers_step(kind: str, digits: TrainingSet,
+                                                                      meta_set) -> None:
+    """Meta lr 0 (the weighter never moves), a meta step every 2nd iteration, 2 epochs,
+    BatchNorm: a lagged run takes the same real steps as an ``updated`` one, on meta and
+    plain iterations alike (CMW-Net and CMW-Net-SL, its teacher and mixup included)."""
+    trainers = {}
+    for real_step in ("lagged", "updated"):
+        if kind == "cmwnet":
+            strategy = meta_strategy("clean", meta_set, kind="cmwnet", real_step=real_step, meta_lr=0.0)
+            strategy.meta.meta_interval = 2
+        else:
+            strategy = sl_strategy(meta_set, real_step=real_step, meta_lr=0.0, meta_interval=2)
+        trainers[real_step] = run(digits, strategy, schedule(2), None, bn=True, record=True)
+    lagged, updated = trainers["lagged"], trainers["updated"]
+    for key, value in lagged.module.state_dict().items():
+        torch.testing.assert_close(value, updated.module.state_dict()[key], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(lagged.sample_weights, updated.sample_weights, rtol=1e-4, atol=1e-6)
+    for a, b in zip(lagged.history, updated.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_a_precomputed_gradient_must_name_the_models_parameters(digits: TrainingSet) -> None:
+    trainer = Trainer(mlp(), digits, schedule(1), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="does not have"):
+        trainer._set_gradients({"no.such.weight": torch.zeros(1)})

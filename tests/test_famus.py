@@ -131,11 +131,29 @@ def test_a_cut_create_graph_backward_gives_the_detached_full_one() -> None:
 
 
 def test_famus_cuts_the_create_graph_backward_only_on_deep_models() -> None:
+    """The cut is taken on deep models only, and changes neither the hyper-gradient nor the
+    samplers' update."""
     model = deep_bn_model()
-    estimator = famus(model)
     names = [n for n, _ in model.named_parameters()]
-    assert estimator._graph_only == set(names[-18:])  # 8 candidate layers (16 tensors) + the head
+    assert famus(model)._graph_only == set(names[-18:])  # 8 candidate layers (16 tensors) + the head
     assert famus(conv_bn_dropout())._graph_only is None
+    sw = SampleWeighting.fit(CMWNet(num_families=3).double(), COUNTS)
+    x, y = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
+    mx, my = torch.randn(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    results = {}
+    for cut in (True, False):
+        torch.manual_seed(0)  # the same sampler initialisation
+        estimator = famus(model)
+        if not cut:
+            estimator._graph_only = None
+        result = weighting_meta_gradient(model, sw, x, y, mx, my, lr=0.1, estimator=estimator)
+        results[cut] = (result, estimator.samplers.state_dict())
+    (cut, cut_samplers), (full, full_samplers) = results[True], results[False]
+    assert cut.meta_loss == pytest.approx(full.meta_loss, rel=1e-12)
+    for a, b in zip(cut.grads, full.grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    for key, value in cut_samplers.items():
+        torch.testing.assert_close(value, full_samplers[key], rtol=1e-10, atol=1e-14)
 
 
 def test_sampled_layers_change_the_gradient_and_matching_adds_to_it() -> None:

@@ -116,6 +116,9 @@ def test_batch_mean_reads_each_loss_relative_to_its_batch() -> None:
     zeros = torch.zeros(5)  # a mean of 0 leaves the batch unscaled
     torch.testing.assert_close(w(zeros, torch.zeros(5, dtype=torch.long)),
                                w.curve(torch.zeros(1))[0, 0].expand(5))
+    huge = torch.tensor([2e38, 2e38, 1e38])  # finite in fp32; their sum is not
+    torch.testing.assert_close(w(huge, torch.zeros(3, dtype=torch.long)),
+                               w(torch.tensor([2.0, 2.0, 1.0]), torch.zeros(3, dtype=torch.long)))
     assert w.loss_grid(5).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert loss_input_scale("batch_mean", 10) == 1.0
 

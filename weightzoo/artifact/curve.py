@@ -25,7 +25,8 @@ def family_names(num_families: int) -> list[str]:
 
 @dataclass(frozen=True)
 class CurveTable:
-    """losses (L,) raw losses from 0 to 3 ln C; weights (L, K) the curve's values (a
+    """losses (L,) the loss grid (``loss_grid``: raw losses from 0 to 3 ln C, or multiples of
+    the batch mean for a ``batch_mean`` weighter); weights (L, K) the curve's values (a
     weighter's weights, or a robust loss's values); names: K line names."""
 
     losses: torch.Tensor
@@ -54,8 +55,9 @@ class CurveTable:
 
 
 def curve_table(artifact: Curved, points: int = 9, num_classes: int | None = None) -> CurveTable:
-    """The curve at ``points`` raw losses (0 .. 3 ln C, C: ``num_classes`` or the artifact's
-    source classes): a weighter's weight per family, a robust loss's value."""
+    """The curve at ``points`` losses of the artifact's ``loss_grid`` (raw losses 0 .. 3 ln C,
+    C: ``num_classes`` or the artifact's source classes; multiples of the batch mean 0 .. 4
+    for a ``batch_mean`` weighter): a weighter's weight per family, a robust loss's value."""
     losses = artifact.loss_grid(points, num_classes)
     values = artifact.curve(losses, num_classes).cpu()
     names = ([artifact.config.loss] if isinstance(artifact, LearnedRobustLoss)

@@ -82,6 +82,16 @@ class BilevelProblem:
     keep_gradient: bool = False
     shared_hyper_params: bool = True
 
+    def __post_init__(self) -> None:
+        if self.keep_gradient and not self.keep_forward:
+            raise ValueError("keep_gradient (a lagged real step) needs keep_forward")
+
+    @property
+    def real_backward(self) -> bool:
+        """Whether the real step will back-propagate through the kept forward (so the meta
+        step's backward must retain its graph)."""
+        return self.keep_forward and not self.keep_gradient
+
 
 @dataclass(frozen=True)
 class KeptForward:
@@ -217,7 +227,7 @@ class ExactSecondOrder(MetaGradientEstimator):
             logits = functional_forward(problem.model, state, problem.meta_x)
             meta_loss = scalar_meta_loss(problem, logits)
             grads = torch.autograd.grad(meta_loss, problem.hyper_params, materialize_grads=True,
-                                        retain_graph=kept is not None)
+                                        retain_graph=problem.real_backward)
         return MetaGradient(float(meta_loss.detach()), tuple(grads), kept)
 
 
@@ -260,7 +270,8 @@ def kept_forward(
     grads: dict[str, torch.Tensor | None],
 ) -> KeptForward | None:
     """The first forward, with a snapshot of the buffers it left (before the meta forward),
-    its terms and, when asked, the objective's gradient ``grads`` (detached)."""
+    its terms and, when asked, the objective's gradient ``grads`` (detached; the logits are
+    then detached too: nothing back-propagates through them again)."""
     if not problem.keep_forward:
         return None
     assert first.logits is not None, "the objective was never called"
@@ -268,7 +279,8 @@ def kept_forward(
                             term.normalization, term.coef) for name, term in first.terms.items()}
     kept_grads = ({n: None if g is None else g.detach() for n, g in grads.items()}
                   if problem.keep_gradient else None)
-    return KeptForward(first.logits, {n: state[n].clone() for n, _ in problem.model.named_buffers()},
+    logits = first.logits if kept_grads is None else first.logits.detach()
+    return KeptForward(logits, {n: state[n].clone() for n, _ in problem.model.named_buffers()},
                        terms, kept_grads)
 
 
@@ -304,7 +316,7 @@ class ExactJVP(MetaGradientEstimator):
             loss = sum(coef * safe_divide(numerator, _global(denominator))
                        for coef, numerator, denominator in parts)
             grads = _all_reduced(torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
-                                                     retain_graph=problem.keep_forward))
+                                                     retain_graph=problem.real_backward))
             kept = kept_forward(problem, first, buffers, dict(zip(trainable, grads, strict=True)))
             with torch.no_grad():
                 stepped = virtual_step(trainable, grads, groups, problem.optimizer, config,

@@ -17,7 +17,7 @@ reference's ``top_k`` = 15 parameter tensors of a ResNet) get samplers; the laye
 those are always detached, so the second-order backward never goes below the candidates.
 When those lower layers outnumber the head and the candidates (a deep model), their
 gradients come from a plain backward and only the top's from the create-graph one, which
-then stops at the candidates (``lookahead``'s ``graph_only``: same values, less recorded).
+then stops at the candidates (``lookahead_step``'s ``graph_only``: same values, less recorded).
 
 The samplers are trained on FaMUS Eq. 12, L = L^meta + lambda_1 L_r + lambda_2 L_g, with
 SGD (lr 0.1, momentum 0.9), after each meta step:
@@ -232,7 +232,7 @@ class Famus(MetaGradientEstimator):
             sampler_params = list(self.samplers.parameters())
             grads = torch.autograd.grad(total, [*problem.hyper_params, *sampler_params],
                                         materialize_grads=True, allow_unused=True,
-                                        retain_graph=kept is not None)
+                                        retain_graph=problem.real_backward)
         hyper, sampler = grads[:len(problem.hyper_params)], grads[len(problem.hyper_params):]
         value = float(meta_loss.detach())
         if math.isfinite(value) and self.optimizer is not None:

@@ -145,13 +145,14 @@ class BilevelMethod(Method):
         apply_meta_gradient(result, params, self.optimizer)
         return result.forward
 
-    @staticmethod
-    def lagged_step(trainer: Trainer, kept: KeptForward | None, weighted: str) -> StepOutput | None:
-        """The real step along the look-ahead's own gradient (weights one meta update behind),
-        when the meta step kept it: the kept forward's buffers restored, its terms reported and
-        the weights of its term ``weighted``; None otherwise."""
+    def lagged_step(self, trainer: Trainer, kept: KeptForward | None, weighted: str) -> StepOutput:
+        """The real step along the look-ahead's own gradient (weights one meta update behind):
+        the kept forward's buffers restored, its terms reported and the weights of its term
+        ``weighted``. Raises when the meta step did not keep that gradient."""
         if kept is None or kept.grads is None:
-            return None
+            name = self.estimator.name if self.estimator is not None else "?"
+            raise ValueError(f"the {name!r} estimator did not keep the look-ahead's gradient, which a "
+                             "lagged real step follows")
         kept.restore_buffers(trainer.module)
         return StepOutput(kept.terms, kept.terms[weighted].weights, grads=kept.grads)
 

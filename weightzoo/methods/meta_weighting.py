@@ -257,8 +257,8 @@ class MetaWeighting(BilevelMethod):
             kept = self.learn(trainer, batch.x, batch.lr,
                               weighting_objective(self.weighting, batch.y, self.config.base_loss),
                               keep_gradient=self.config.lagged)
-            if (lagged := self.lagged_step(trainer, kept, "ce")) is not None:
-                return lagged
+            if self.config.lagged:
+                return self.lagged_step(trainer, kept, "ce")
         logits = self.logits(trainer, batch.x, kept).float()
         term = self.weighting.term(self.config.base_loss, logits, batch.y, weighted=not batch.warmup)
         return StepOutput({"ce": term}, term.weights)

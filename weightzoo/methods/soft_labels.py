@@ -82,8 +82,8 @@ class SoftLabelMetaWeighting(MetaWeighting):
         if self.meta_iteration(batch):
             kept = self.learn(trainer, sl.x, batch.lr, lambda logits: sl.terms(logits, batch.y, learnable),
                               dominant_mixup=True, keep_gradient=self.config.lagged)
-            if (lagged := self.lagged_step(trainer, kept, "label")) is not None:
-                return lagged
+            if self.config.lagged:
+                return self.lagged_step(trainer, kept, "label")
         logits = self.logits(trainer, sl.x, kept).float()
         terms = sl.terms(logits, batch.y, partial(self.weighting.weights, checked=True))
         return StepOutput(terms, terms["label"].weights)

@@ -98,13 +98,15 @@ def loss_input_scale(input_norm: str, num_classes: int) -> float:
 
 def weighter_input(losses: torch.Tensor, input_norm: str, num_classes: int) -> torch.Tensor:
     """Raw per-sample losses (B,) -> the weighter's input (B,): scaled by
-    :func:`loss_input_scale`, or divided by the batch's mean finite loss (``batch_mean``;
-    a batch whose mean is not positive is left unscaled)."""
+    :func:`loss_input_scale`, or divided by the batch's mean finite loss (``batch_mean``, in
+    float64 so that huge losses do not overflow the mean; a batch whose mean is not positive
+    is left unscaled). Under torchrun the batch is this process's shard."""
     if input_norm != "batch_mean":
         return losses * loss_input_scale(input_norm, num_classes)
-    finite = torch.isfinite(losses)
-    mean = torch.where(finite, losses, torch.zeros_like(losses)).sum() / finite.sum().clamp_min(1)
-    return losses / torch.where(mean > 0, mean, torch.ones_like(mean))
+    wide = losses.double()
+    finite = torch.isfinite(wide)
+    mean = torch.where(finite, wide, torch.zeros_like(wide)).sum() / finite.sum().clamp_min(1)
+    return (wide / torch.where(mean > 0, mean, torch.ones_like(mean))).to(losses.dtype)
 
 
 class CMWNet(ArtifactMixin, nn.Module):
