@@ -158,7 +158,7 @@ class Famus(MetaGradientEstimator):
         self._layer_of = {name: _key(prefix) for prefix, names in layers for name in names}
         self._reads = {_key(prefix): names[0] for prefix, names in candidates}
         lower = len(below) - len(candidates)
-        self._graph_only = ({name for _, names in (*candidates, layers[-1]) for name in names}
+        self._graph_only = ({name for _, names in candidates for name in names} | set(self._head)
                             if lower > len(candidates) + 1 else None)
         reference = next(model.parameters())
         self.samplers = nn.ModuleDict({

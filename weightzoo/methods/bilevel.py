@@ -43,10 +43,6 @@ def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return per_sample_loss("ce", logits, targets).mean()
 
 
-LAGGED_NEEDS = ("a lagged real step reuses the look-ahead's forward and gradient: it needs "
-                "reuse_forward, one process and no autocast")
-
-
 class BilevelConfig(Protocol):
     """What every bilevel method's config holds: ``estimator`` (a registered name or
     ``auto``), ``reuse_forward`` (the real step may reuse the look-ahead's forward: single
@@ -112,15 +108,13 @@ class BilevelMethod(Method):
         assert self.estimator is not None, "setup() was not called"
         meta_x, meta_y = meta_batch or self.meta_set.batch(trainer, dominant=dominant_mixup)
         config = self.meta_set.config
-        keep_forward = self.keeps_forward(trainer)
-        if keep_gradient and not keep_forward:
-            raise ValueError(LAGGED_NEEDS)
         result = self.estimator(BilevelProblem(
             model=trainer.module, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
             meta_loss_fn=mean_cross_entropy, hyper_params=hyper_params, lr=lr,
             optimizer=trainer.optimizer,
             lookahead_config=LookaheadConfig(config.include_momentum, config.include_weight_decay),
-            keep_forward=keep_forward, keep_gradient=keep_gradient, shared_hyper_params=shared,
+            keep_forward=self.keeps_forward(trainer), keep_gradient=keep_gradient,
+            shared_hyper_params=shared,
         ))
         self._meta_losses.append(result.meta_loss)
         return result

@@ -25,7 +25,7 @@ from weightzoo.bilevel.estimators import (
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import VirtualStepConfig
 from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
-from weightzoo.methods.bilevel import LAGGED_NEEDS, BilevelMethod, check_estimator, mean_cross_entropy
+from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import (
     INPUT_NORMS,
@@ -239,7 +239,8 @@ class MetaWeighting(BilevelMethod):
             self.bind(RunContext(trainer.data.num_classes, seed=trainer.seed))
         assert self.weighter is not None
         if self.config.lagged and not self.keeps_forward(trainer):
-            raise ValueError(LAGGED_NEEDS)
+            raise ValueError("a lagged real step reuses the look-ahead's forward and gradient: it needs "
+                             "reuse_forward, one process and no autocast")
         super().setup(trainer)
         self.weighter.to(trainer.device).train().requires_grad_(True)
         self.start_learning(self.weighter, self.meta.meta_lr, self.meta.meta_weight_decay)

@@ -264,10 +264,11 @@ class Trainer:
         """Give the model's parameters the gradient a method computed (by parameter name)."""
         if self.world > 1 or self.scaler.is_enabled():
             raise ValueError("a method's precomputed gradient needs one process and no fp16 loss scaling")
-        if unknown := set(grads) - {name for name, _ in self.module.named_parameters()}:
+        params = dict(self.module.named_parameters())
+        if unknown := set(grads) - set(params):
             raise ValueError("a method's gradient names parameters the model does not have: "
                              f"{sorted(unknown)[:3]}")
-        for name, param in self.module.named_parameters():
+        for name, param in params.items():
             grad = grads.get(name)
             param.grad = None if grad is None else grad.to(param.dtype)
 
