@@ -63,7 +63,9 @@ def train(recipe: str, out: Path, epochs: int | None, overrides: tuple[str, ...]
         echo_json({"recipe": resolved.name, "out": str(out), "results": results})
         return
     rows = [{"method": m, **r} for m, r in results.items()]
-    click.echo(f"{resolved.name}: {resolved.data.dataset} with bias {resolved.data.bias}, "
+    rows += [{**s, "method": f"{m} · {s['dataset']} {s['bias']}"}  # multi-source: each source's
+             for m, r in results.items() for s in r.get("sources", [])]
+    click.echo(f"{resolved.name}: {resolved.describe_data()}, "
                f"model {resolved.model['name']}, seed {resolved.seed}")
     click.echo(format_table(rows, ACC_COLUMNS))
     if (out / "weighter").is_dir():
@@ -77,8 +79,9 @@ def recipes(as_json: bool) -> None:
     rows = []
     for name, path in builtin_recipes().items():
         r = load_recipe(path)
-        rows.append({"name": name, "method": r.method.name, "dataset": r.data.dataset,
-                     "bias": r.data.bias, "description": r.description})
+        rows.append({"name": name, "method": r.method.name,
+                     "dataset": " + ".join(d.dataset for d in r.data_sections),
+                     "bias": " + ".join(d.bias for d in r.data_sections), "description": r.description})
     if as_json:
         echo_json(rows)
         return

@@ -5,7 +5,7 @@ The public API: weighters and their artifact, task families, the one weighting p
 step contract, the training engine, the bilevel machinery, and the end-to-end
 ``train_recipe`` / ``apply_weighter``.  Layout: ``data/`` (sources, bias), ``weighting/``,
 ``bilevel/`` (look-ahead, estimators, meta sets), ``methods/``, ``training/`` (engine,
-views, checkpoints), ``artifact/`` (format, card, curve, hub, zoo).
+views, checkpoints, multi-source training), ``artifact/`` (format, card, curve, hub, zoo).
 """
 
 import weightzoo.methods  # noqa: F401 - registers the built-in methods
@@ -50,7 +50,8 @@ from weightzoo.models import build_model, list_models
 from weightzoo.partial_regime import RegimeSection
 from weightzoo.pipeline import apply_weighter, prepare_data, train_recipe, train_with_baselines
 from weightzoo.recipe import Recipe, load_recipe
-from weightzoo.training.engine import Schedule, Trainer, TrainingSet
+from weightzoo.training.engine import EpochRun, Schedule, Trainer, TrainingSet
+from weightzoo.training.joint import fit_jointly
 from weightzoo.training.randaugment import strong_view
 from weightzoo.weighting.families import TaskFamilies, class_counts
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
@@ -68,7 +69,8 @@ __all__ = [
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
     "PlainLoss", "Proden", "ProdenConfig", "Provenance", "RegimeSection",
     "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
-    "TaskFamilies", "Trainer", "TrainingSet", "WeightedLoss", "WeighterConfig", "WeighterFileError",
+    "TaskFamilies", "Trainer", "TrainingSet", "EpochRun", "fit_jointly", "WeightedLoss",
+    "WeighterConfig", "WeighterFileError",
     "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
     "build_weighter", "candidate_sets", "check_candidates", "class_counts", "estimator_names",
     "fixmatch_unlabeled_loss", "strong_view", "threshold_mask",

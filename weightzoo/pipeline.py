@@ -38,6 +38,8 @@ from weightzoo.partial_regime import APPLY_REGIMES, STAGE1_DIR, proden_stage, si
 from weightzoo.recipe import Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
+from weightzoo.training.joint import fit_jointly
+from weightzoo.weighting.families import TaskFamilies
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 
 METRICS_NAME = "metrics.json"
@@ -173,25 +175,36 @@ def environment() -> dict[str, str | int]:
 
 
 # ----------------------------------------------------------------------------------------
-def _provenance(
-    recipe: Recipe, data: PreparedData, method: Method, trained: TrainedArtifact,
-    metrics: dict[str, Any], command: str | None, baseline: dict[str, Any] | None,
-) -> Provenance:
+def _source_record(data: PreparedData) -> dict[str, Any]:
+    """A training data set as a weighter's card records it."""
     bias = data.bias.report
-    families = trained.families
-    return Provenance(
+    return {"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
+            "n_train": len(data.train.y), "n_meta": data.report()["n_meta"]}
+
+
+def _families_record(families: TaskFamilies | None) -> dict[str, Any]:
+    return {} if families is None else {
+        "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist(),
+        "reason": families.reason}
+
+
+def _publish(
+    out: Path, recipe: Recipe, method: Method, trained: TrainedArtifact, source: dict[str, Any],
+    metrics: dict[str, Any], command: str | None, baseline: dict[str, Any] | None,
+) -> None:
+    """Write ``out/weighter`` (the artifact with its provenance) and ``out/curve.png``."""
+    artifact = trained.artifact
+    artifact.config.metadata = Provenance(
         name=recipe.name, description=recipe.description,
-        source={"dataset": data.splits.name, "bias": bias["spec"], "bias_report": bias,
-                "n_train": len(data.train.y), "n_meta": data.report()["n_meta"],
-                "regime": asdict(recipe.regime)},
+        source={**source, "regime": asdict(recipe.regime)},
         method={**recipe.to_dict()["method"], **method.provenance(), "schedule": asdict(recipe.schedule),
                 "model": recipe.model},
-        families={} if families is None else {
-            "centers": list(families.centers), "family_of_class": families.family_of_class.cpu().tolist(),
-            "reason": families.reason},
+        families=_families_record(trained.families),
         metrics={k: v for k, v in metrics.items() if k != "per_class_acc"},
         baseline=baseline or {}, command=command, seed=recipe.seed,
-    )
+    ).to_metadata()
+    save_artifact(artifact.cpu(), out / WEIGHTER_DIR)
+    atomic_write(out / CURVE_NAME, lambda tmp: shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, tmp))
 
 
 def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -223,6 +236,9 @@ def train_recipe(
     """
     out = Path(out_dir)
     check_output_dir(out, resume=resume, overwrite=overwrite)
+    if recipe.sources:
+        return _train_sources(recipe, out, device=device, resume=resume, progress=progress,
+                              command=command, baseline=baseline)
     method = recipe.method.build()
     data = prepare_data(
         recipe.data.dataset, recipe.data.bias, seed=recipe.seed, root=recipe.data.root,
@@ -264,12 +280,7 @@ def train_recipe(
     if distributed.rank_and_world()[0] != 0:  # rank 0 writes the run's files
         return returned
     if trained is not None:
-        artifact = trained.artifact
-        artifact.config.metadata = _provenance(
-            recipe, data, method, trained, metrics, command, baseline
-        ).to_metadata()
-        save_artifact(artifact.cpu(), out / WEIGHTER_DIR)
-        atomic_write(out / CURVE_NAME, lambda tmp: shutil.copyfile(out / WEIGHTER_DIR / CURVE_NAME, tmp))
+        _publish(out, recipe, method, trained, _source_record(data), metrics, command, baseline)
     write_json(out / RUN_NAME, {
         "recipe": recipe.to_dict(), "data": data.report(), "command": command,
         "device": str(trainer.device), "environment": environment(),
@@ -280,6 +291,64 @@ def train_recipe(
                              **data.bias.report["proden"]}
     write_json(out / METRICS_NAME, results)
     return returned
+
+
+def _train_sources(
+    recipe: Recipe, out: Path, *, device: str | None, resume: bool, progress: bool,
+    command: str | None, baseline: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Multi-source training (``[[sources]]``): a model per data set, source i seeded with
+    ``seed + i``, trained in turns by one joined method each (``weightzoo.training.joint``),
+    one artifact. Returns the mean final metrics over the sources, with each source's under
+    ``"sources"``."""
+    methods = [recipe.method.build() for _ in recipe.data_sections]
+    held_out = recipe.held_out_per_class(methods[0])
+    prepared, trainers = [], []
+    for i, (section, method) in enumerate(zip(recipe.data_sections, methods, strict=True)):
+        seed = recipe.seed + i
+        per_class = recipe.held_out_per_class(section=section, held_out=held_out)
+        if 0 < method.clean_meta_per_class != per_class:
+            raise ValueError(f"source {i} ({section.dataset}): meta_per_class ({per_class}) differs from "
+                             f"the {method.clean_meta_per_class} clean samples per class the method's meta "
+                             "set takes")
+        data = prepare_data(
+            section.dataset, section.bias, seed=seed, root=section.root, test_fraction=section.test_fraction,
+            class_map={int(k): v for k, v in (section.class_map or {}).items()} or None,
+            meta_per_class=per_class,
+        )
+        check_training_labels(data.train)
+        method.bind(RunContext(data.splits.num_classes, data.meta_x, data.meta_y, seed))
+        prepared.append(data)
+        trainers.append(Trainer(
+            build_checked_model(recipe.model, data.splits, seed), data.train, recipe.schedule,
+            device=device, seed=seed, out_dir=out, progress=progress,
+            desc=f"{recipe.name} [{recipe.method.name}] source {i} ({section.dataset})",
+        ))
+    if recipe.method.spec.publishes:
+        load_pyplot()  # now, not while finalising (see load_pyplot)
+    histories = fit_jointly(trainers, methods, out, resume=resume)
+    finals = [final_metrics(history) for history in histories]
+    per_source = [{"dataset": d.splits.name, "bias": d.bias.report["spec"], **{
+        k: v for k, v in f.items() if k != "per_class_acc"}} for d, f in zip(prepared, finals, strict=True)]
+    metrics = {**{k: float(np.nanmean([f[k] for f in finals])) for k, v in finals[0].items()
+                  if isinstance(v, float)}, "epochs": finals[0]["epochs"], "sources": per_source}
+    trained = [m.trained_artifact() for m in methods]  # one artifact, each source's families
+    if trained[0] is not None:
+        records = [{**_source_record(d), "families": _families_record(t.families if t else None)}
+                   for d, t in zip(prepared, trained, strict=True)]
+        source = {"dataset": " + ".join(dict.fromkeys(d.splits.name for d in prepared)),
+                  "bias": " + ".join(r["bias"] for r in records), "sources": records}
+        _publish(out, recipe, methods[0], TrainedArtifact(trained[0].artifact), source, metrics, command,
+                 baseline)
+    write_json(out / RUN_NAME, {
+        "recipe": recipe.to_dict(), "data": [d.report() for d in prepared], "command": command,
+        "device": str(trainers[0].device), "environment": environment(),
+    })
+    write_json(out / METRICS_NAME, {
+        "method": recipe.method.name, "final": metrics,
+        "sources": [{**s, "history": h} for s, h in zip(per_source, histories, strict=True)],
+    })
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------

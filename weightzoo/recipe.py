@@ -10,6 +10,8 @@
     [schedule]    epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs
     [regime]      name = "supervised" (default) or "partial" (PRODEN, then [method] on its
                   predicted labels; ``weightzoo.partial_regime``), proden_weighter
+    [[sources]]   more data sets, keys as [data] (multi-source training: a model per source,
+                  one weighter meta-learned on all of them; ``weightzoo.training.joint``)
     imports = ["my_pkg.methods"]   modules imported first (they register their own methods)
 
 The ``[method]`` table is validated by the method's registered config dataclass; unknown
@@ -81,11 +83,22 @@ class Recipe:
     method: MethodChoice = field(default_factory=MethodChoice.default)
     schedule: Schedule = field(default_factory=Schedule)
     regime: RegimeSection = field(default_factory=RegimeSection)
+    sources: list[DataSection] = field(default_factory=list)
+
+    @property
+    def data_sections(self) -> list[DataSection]:
+        """Every data set the run trains on: ``[data]``, then each ``[[sources]]``."""
+        return [self.data, *self.sources]
+
+    def describe_data(self) -> str:
+        """``dataset with bias B`` of each data set, joined by ``+``."""
+        return " + ".join(f"{d.dataset} with bias {d.bias}" for d in self.data_sections)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: asdict(getattr(self, f.name)) if f.name in ("data", "schedule", "regime")
                else getattr(self, f.name) for f in fields(self)}
         out["method"] = config_dict(self.method.name, self.method.config)
+        out["sources"] = [asdict(d) for d in self.sources]
         return out
 
     def with_method(self, name: str) -> Recipe:
@@ -93,21 +106,26 @@ class Recipe:
         at its default config (a baseline); a semi-supervised baseline of a semi-supervised
         recipe (``fixmatch`` of ``fixmatch-meta``) keeps the recipe's semi-supervised
         settings (labelled samples per class, mu, lambda_u, threshold, views)."""
-        data = replace(self.data, meta_per_class=self.held_out_per_class())
+        held_out = self.held_out_per_class()
+        data, *sources = [replace(d, meta_per_class=self.held_out_per_class(section=d, held_out=held_out))
+                          for d in self.data_sections]
         choice = MethodChoice.default(name)
         if isinstance(choice.config, SemiSupervisedConfig) and isinstance(self.method.config,
                                                                            SemiSupervisedConfig):
             shared = {f.name: getattr(self.method.config, f.name) for f in fields(SemiSupervisedConfig)}
             choice = MethodChoice(name, replace(choice.config, **shared))
         return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
-                      choice, self.schedule, self.regime)
+                      choice, self.schedule, self.regime, sources)
 
-    def held_out_per_class(self, method: Method | None = None) -> int:
-        """Clean samples per class held out of training as the meta set (``method``: the
-        recipe's method, when already built)."""
-        if self.data.meta_per_class is not None:
-            return self.data.meta_per_class
-        return (method or self.method.build()).clean_meta_per_class
+    def held_out_per_class(self, method: Method | None = None, *, section: DataSection | None = None,
+                           held_out: int | None = None) -> int:
+        """Clean samples per class held out of ``section`` (default ``[data]``) as the meta set:
+        its ``meta_per_class``, else what the method takes (``method``: the recipe's method,
+        when already built; ``held_out``: that number, when already known)."""
+        section = section or self.data
+        if section.meta_per_class is not None:
+            return section.meta_per_class
+        return held_out if held_out is not None else (method or self.method.build()).clean_meta_per_class
 
     def validate(self, where: str | None = None) -> None:
         """Check values the types alone do not; errors name ``where`` (default: the recipe)."""
@@ -123,8 +141,12 @@ class Recipe:
             raise ValueError(f"{where}: [model] needs a name")
         if self.schedule.epochs < 1 or self.schedule.batch_size < 1:
             raise ValueError(f"{where}: schedule.epochs and schedule.batch_size must be >= 1")
-        if self.data.meta_per_class is not None and self.data.meta_per_class < 0:
+        if any(d.meta_per_class is not None and d.meta_per_class < 0 for d in self.data_sections):
             raise ValueError(f"{where}: data.meta_per_class must be >= 0")
+        if self.sources and (self.regime.name != "supervised"
+                             or isinstance(self.method.config, SemiSupervisedConfig)):
+            raise ValueError(f"{where}: [[sources]] (multi-source training) takes supervised methods "
+                             f"only, not regime {self.regime.name!r} with method {self.method.name!r}")
         if self.schedule.warmup_epochs < 0 or self.schedule.lr <= 0:
             raise ValueError(f"{where}: schedule.warmup_epochs must be >= 0 and schedule.lr > 0")
         if self.regime.name == "partial" and self.held_out_per_class() > 0:

@@ -29,6 +29,10 @@ def check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
     elif hint is list:
         if isinstance(value, list):
             (item,) = typing.get_args(annotation)
+            if is_dataclass(item):  # an array of tables
+                if not all(isinstance(v, dict) for v in value):
+                    raise ValueError(f"{where}: {key} must be an array of tables ([[{key}]])")
+                return [build_dataclass(item, v, f"{key}[{i}].", where) for i, v in enumerate(value)]
             return [check_type(v, item, key, where) for v in value]
     elif hint is dict:
         if isinstance(value, dict):

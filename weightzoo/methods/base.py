@@ -117,6 +117,11 @@ class Method(ABC):
     def setup(self, trainer: Trainer) -> None:  # noqa: B027 - optional hook
         """Called once before training (and before a checkpoint's state is loaded)."""
 
+    def join(self, lead: Method) -> None:  # noqa: B027 - optional hook
+        """Multi-source training (``weightzoo.training.joint``), after :meth:`setup`: share what
+        the first source's method (``lead``, the same class and config) learns, so that every
+        source trains one artifact. Default: nothing is shared (each source trains alone)."""
+
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called at the start of every epoch (e.g. to rebuild a meta set)."""
 

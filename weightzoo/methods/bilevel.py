@@ -129,6 +129,14 @@ class BilevelMethod(Method):
         self.learner = learner
         self.optimizer = torch.optim.Adam(learner.parameters(), lr=lr, weight_decay=weight_decay)
 
+    def join(self, lead: Method) -> None:
+        """Meta-learn the lead's learner with the lead's optimizer (one Adam state for every
+        source: each source's meta step is one update of the shared module)."""
+        if not isinstance(lead, BilevelMethod) or (self.learner is None) != (lead.learner is None):
+            raise ValueError(f"method {self.name!r} cannot share its meta-learned module with {lead.name!r}")
+        if lead is not self and lead.learner is not None:
+            self.learner, self.optimizer = lead.learner, lead.optimizer
+
     def learn(self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
               **options: Any) -> KeptForward | None:
         """One meta step of the learner on the objective; returns the kept forward.

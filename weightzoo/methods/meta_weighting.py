@@ -24,7 +24,7 @@ from weightzoo.bilevel.estimators import (
 )
 from weightzoo.bilevel.lookahead import LookaheadConfig, Objective
 from weightzoo.bilevel.metaset import VirtualStepConfig
-from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
+from weightzoo.methods.base import Batch, Method, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator, mean_cross_entropy
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.nets import (
@@ -247,6 +247,14 @@ class MetaWeighting(BilevelMethod):
         self.weighting = SampleWeighting.fit(
             self.weighter, trainer.global_class_counts(), seed=self.family_seed
         ).to(trainer.device)
+
+    def join(self, lead: Method) -> None:
+        """Weight this source's samples with the lead's weighter (meta-learned by every source),
+        by this source's own task families."""
+        super().join(lead)
+        assert isinstance(lead, MetaWeighting) and self.weighting is not None and lead.weighter is not None
+        self.weighter = lead.weighter
+        self.weighting = SampleWeighting(lead.weighter, self.weighting.families, self.weighting.num_classes)
 
     def meta_iteration(self, batch: Batch) -> bool:
         return not batch.warmup and batch.iteration % self.meta.meta_interval == 0

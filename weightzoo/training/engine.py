@@ -169,62 +169,19 @@ class Trainer:
             raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
         if resume and (self.out_dir / CHECKPOINT_NAME).exists():
             path = self.out_dir / CHECKPOINT_NAME
-            state = load_checkpoint(path)
-            self._check_same_run(path, state, method)
-            done = int(state["epoch"]) + 1
-            if done > self.schedule.epochs:
-                raise ValueError(
-                    f"{path}: the run has {done} finished epochs, more than the {self.schedule.epochs} "
-                    f"asked for; resume with epochs >= {done}, or start afresh elsewhere"
-                )
-            self._load(method, state)
+            self.restore(method, load_checkpoint(path), path)
         for epoch in range(self.start_epoch, self.schedule.epochs):
-            row = self._epoch(method, epoch)
-            self.history.append(row)
+            run = EpochRun(self, method, epoch)
+            while run.step():
+                pass
+            self.history.append(run.finish())
             if self.out_dir is not None:
                 rank_rngs = distributed.gather_objects(torch.get_rng_state())  # every rank's stream
                 if self.rank == 0:
                     save_checkpoint(self.out_dir / CHECKPOINT_NAME,
-                                    {**self._state(method, epoch), "rank_rng": rank_rngs})
+                                    {**self.checkpoint_state(method, epoch), "rank_rng": rank_rngs})
                 distributed.barrier()
         return self.history
-
-    def _epoch(self, method: Method, epoch: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        lr = self.schedule.lr_at(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        method.on_epoch_start(self, epoch)
-        batches = self._batches(epoch, *method.batch_pool(self))
-        total, count = 0.0, 0
-        bar = tqdm(
-            batches, desc=f"{self.desc} {epoch + 1}/{self.schedule.epochs}", file=sys.stderr,
-            disable=not self.progress, leave=False, dynamic_ncols=True,
-        )
-        logs: dict[str, list[torch.Tensor]] = {}
-        for index in bar:
-            batch = method.collate(self, index, epoch=epoch, iteration=self.iteration, lr=lr,
-                                     warmup=epoch < self.schedule.warmup_epochs)
-            loss, step_logs = self._step(method, batch)
-            total, count = total + loss, count + 1
-            for key, value in step_logs.items():
-                logs.setdefault(key, []).append(value)
-            self.iteration += 1
-            bar.set_postfix(loss=f"{loss:.4f}")
-        self._share_sample_weights()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(count, 1)}
-        # the step's logs stay on the device until here: one host transfer per key and epoch
-        row.update({key: float(torch.stack(values).double().mean()) for key, values in logs.items()})
-        row.update(method.epoch_metrics())
-        row.update(self.evaluate())
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        if self.progress:
-            tqdm.write(
-                f"{self.desc} epoch {epoch + 1}/{self.schedule.epochs}: loss {row['train_loss']:.4f} "
-                f"test acc {row['test_acc']:.4f}", file=sys.stderr,
-            )
-        return row
 
     def _step(self, method: Method, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:
         """One real step; returns the (global) training loss and the step's logs."""
@@ -345,6 +302,18 @@ class Trainer:
             "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
         }
 
+    def restore(self, method: Method, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint's ``state`` (read from ``path``, named in errors): refused
+        when another run wrote it or it has more epochs than the schedule."""
+        self._check_same_run(path, state, method)
+        done = int(state["epoch"]) + 1
+        if done > self.schedule.epochs:
+            raise ValueError(
+                f"{path}: the run has {done} finished epochs, more than the {self.schedule.epochs} "
+                f"asked for; resume with epochs >= {done}, or start afresh elsewhere"
+            )
+        self._load(method, state)
+
     def _check_same_run(self, path: Path, state: dict[str, Any], method: Method) -> None:
         saved = state.get("run") or {}
         current = self._run_identity(method)
@@ -355,7 +324,8 @@ class Trainer:
                 "the same settings, or pick another output directory"
             )
 
-    def _state(self, method: Method, epoch: int) -> dict[str, Any]:
+    def checkpoint_state(self, method: Method, epoch: int) -> dict[str, Any]:
+        """Everything a resumed run needs after ``epoch`` (model, optimizer, method, history, RNG)."""
         state = {
             "run": self._run_identity(method),
             "epoch": epoch, "iteration": self.iteration,
@@ -383,6 +353,64 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.sample_weights is not None and "sample_weights" in state:
             self.sample_weights = state["sample_weights"]
+
+
+class EpochRun:
+    """One epoch of a trainer, a step at a time (several trainers can take turns; see
+    ``weightzoo.training.joint``): the lr set, the method's epoch start and the seeded
+    batches at construction; :meth:`step` runs the next batch, :meth:`finish` evaluates and
+    returns the epoch's metrics row. ``position``: the progress bar's line (one per trainer)."""
+
+    def __init__(self, trainer: Trainer, method: Method, epoch: int, position: int = 0) -> None:
+        self.trainer, self.method, self.epoch = trainer, method, epoch
+        self.started = time.perf_counter()
+        self.lr = trainer.schedule.lr_at(epoch)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.lr
+        trainer.model.train()
+        method.on_epoch_start(trainer, epoch)
+        batches = trainer._batches(epoch, *method.batch_pool(trainer))
+        self.bar = tqdm(
+            batches, desc=f"{trainer.desc} {epoch + 1}/{trainer.schedule.epochs}", file=sys.stderr,
+            disable=not trainer.progress, leave=False, dynamic_ncols=True, position=position,
+        )
+        self.batches = iter(self.bar)
+        self.total, self.count = 0.0, 0
+        self.logs: dict[str, list[torch.Tensor]] = {}
+
+    def step(self) -> bool:
+        """Train on the next batch; False (nothing done) once the epoch has none left."""
+        index = next(self.batches, None)
+        if index is None:
+            return False
+        trainer = self.trainer
+        batch = self.method.collate(trainer, index, epoch=self.epoch, iteration=trainer.iteration,
+                                    lr=self.lr, warmup=self.epoch < trainer.schedule.warmup_epochs)
+        loss, step_logs = trainer._step(self.method, batch)
+        self.total, self.count = self.total + loss, self.count + 1
+        for key, value in step_logs.items():
+            self.logs.setdefault(key, []).append(value)
+        trainer.iteration += 1
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        return True
+
+    def finish(self) -> dict[str, Any]:
+        """The epoch's metrics row: losses and logs, the method's metrics, test accuracy."""
+        trainer = self.trainer
+        self.bar.close()
+        trainer._share_sample_weights()
+        row = {"epoch": self.epoch + 1, "lr": self.lr, "train_loss": self.total / max(self.count, 1)}
+        # the step's logs stay on the device until here: one host transfer per key and epoch
+        row.update({key: float(torch.stack(values).double().mean()) for key, values in self.logs.items()})
+        row.update(self.method.epoch_metrics())
+        row.update(trainer.evaluate())
+        row["seconds"] = round(time.perf_counter() - self.started, 3)
+        if trainer.progress:
+            tqdm.write(
+                f"{trainer.desc} epoch {self.epoch + 1}/{trainer.schedule.epochs}: loss "
+                f"{row['train_loss']:.4f} test acc {row['test_acc']:.4f}", file=sys.stderr,
+            )
+        return row
 
 
 def accuracy_report(
