@@ -42,8 +42,13 @@ def show(name: str, revision: str | None, num_classes: int | None, points: int,
         click.echo(f"  source: {src.get('dataset', '?')} bias={src.get('bias', '?')}")
     if meta.get("families"):
         click.echo(f"  family centres (source): {meta['families'].get('centers')}")
-    if meta.get("metrics"):
-        click.echo(f"  metrics: {json.dumps(meta['metrics'])}")
+    metrics = dict(meta.get("metrics") or {})
+    sources = metrics.pop("sources", [])  # multi-source meta-training: one line per source
+    if metrics:
+        click.echo(f"  metrics{' (mean over sources)' if sources else ''}: {json.dumps(metrics)}")
+    for source in sources:
+        click.echo(f"  source {source.get('dataset', '?')} {source.get('bias', '?')}: test acc "
+                   f"{100 * source.get('test_acc', float('nan')):.2f}%")
     for line in table.text().splitlines():
         click.echo("  " + line)
 

@@ -193,6 +193,9 @@ def test_train_recipe_publishes_one_weighter_with_every_source(tmp_path: Path) -
     assert len(set(families[1]["family_of_class"])) == 3  # long tail: K families
     card = (tmp_path / "run" / WEIGHTER_DIR / "README.md").read_text(encoding="utf-8")
     assert "longtail:10" in card and "symmetric:0.4" in card
+    shown = CliRunner().invoke(cli, ["show", str(tmp_path / "run" / WEIGHTER_DIR)])
+    assert "metrics (mean over sources)" in shown.output
+    assert "source digits longtail:10: test acc" in shown.output
     again = train_recipe(recipe, tmp_path / "run", device="cpu", progress=False, resume=True)
     assert again["test_acc"] == metrics["test_acc"]  # a finished run only reloads
 
