@@ -38,7 +38,7 @@ from benchmarks.common import (
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
              "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
              "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
-             "cmwnet-fmnist-multi"]
+             "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi"]
 BIASES = {"sym40": "symmetric:0.4", "asym40": "asymmetric:0.4", "lt50": "longtail:50",
           "lt50+sym40": "longtail:50+symmetric:0.4"}
 # the declared bias -> the weighter a user picks
@@ -49,6 +49,10 @@ RULES = {
     # there; the other targets (digits-cnn, mnist-mlp) test it. Long tail: cmwnet-fmnist-mixed
     # until cmwnet-fmnist-longtail joined the zoo (the MNIST results file has the former)
     "v0.4": {"sym40": "cmwnet-sl-fmnist-sym40", "asym40": "cmwnet-sl-fmnist-sym40",
+             "lt50": "cmwnet-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
+    # v0.4's procedure (per bias, the best mean over the MLP targets' cells) re-applied once the
+    # multi-source entries joined the zoo; digits-cnn and mnist-mlp test it
+    "v0.5": {"sym40": "cmwnet-sl-fmnist-multi", "asym40": "cmwnet-sl-fmnist-multi",
              "lt50": "cmwnet-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
     # no bias declared: the multi-source entry (meta-trained on all four bias types at once),
     # fixed before any of its transfer runs
