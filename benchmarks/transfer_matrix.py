@@ -5,11 +5,12 @@ GCE, SCE and class-balanced CE on identical data, model, schedule and seed.
 
     python -m benchmarks.transfer_matrix [--targets digits-mlp mnist5k-mlp] [--seeds 0 1 2]
 
-The zoo entry a user would pick without test labels is chosen by the bias they declare, by
-one of two rules (``RULES``): ``v0.3``, pre-registered (the entry meta-trained on that bias
-type), and ``v0.4``, selected on the MLP targets' cells (per bias, the entry with the best
-mean over digits-mlp and mnist5k-mlp), so that only the other targets (digits-cnn,
-mnist-mlp) test it. ``--record-in-zoo`` writes each shipped entry's cells into its
+The zoo entry a user would pick without test labels is chosen by a rule (``RULES``):
+``v0.3``, pre-registered (the entry meta-trained on the declared bias type); ``v0.4`` and
+``v0.5``, selected on the MLP targets' cells (per declared bias, the entry with the best
+mean over digits-mlp and mnist5k-mlp; v0.5 once the multi-source entries joined), so that
+only the other targets (digits-cnn, mnist-mlp) test them; ``v0.5-one-entry``, no bias
+declared (the multi-source CMW-Net everywhere). ``--record-in-zoo`` writes each shipped entry's cells into its
 artifact's ``transfer`` record (merged with cells of other runs), which its card renders. Writes
 benchmarks/results/transfer_matrix.json / .md (per cell: every weighter and baseline, mean ±
 std; the rule's pick against CE and the best robust baseline) and transfer_matrix.png (a

@@ -127,7 +127,7 @@ def test_switching_the_method_with_set_drops_the_other_methods_options() -> None
     assert recipe.held_out_per_class() == 10  # the same data as the MW-Net run: meta set held out
     assert load_recipe("digits-sym40-mwnet", ["method.name=cmwnet"]).method.config.meta.per_class == 10
     assert load_recipe("digits-sym40-mwnet", ["method.name=l2rw"]).held_out_per_class() == 10
-    with pytest.raises(ValueError, match="data.meta_per_class must be >= 0"):
+    with pytest.raises(ValueError, match="meta_per_class must be >= 0"):
         load_recipe("digits-sym40-mwnet", ["data.meta_per_class=-1"])
     with pytest.raises(ValueError, match=r"--set meta.meta_lr=nan: .*finite"):
         load_recipe("digits-sym40-mwnet", ["meta.meta_lr=nan"])

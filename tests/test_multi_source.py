@@ -13,13 +13,16 @@ from click.testing import CliRunner
 from weightzoo.artifact.format import Provenance, load_artifact
 from weightzoo.cli.main import cli
 from weightzoo.data.sources import load_dataset
+from weightzoo.methods.base import RunContext
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
+from weightzoo.methods.robust_loss import AdaptiveRobustLoss, ARLConfig
 from weightzoo.pipeline import METRICS_NAME, WEIGHTER_DIR, train_recipe
 from weightzoo.recipe import load_recipe, recipe_from_dict
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.training.joint import fit_jointly
+from weightzoo.weighting.families import TaskFamilies
 from weightzoo.weighting.nets import CMWNet
 
 
@@ -104,10 +107,12 @@ def test_sources_meta_learn_one_weighter_with_one_optimizer() -> None:
     assert lead.optimizer is not None
     steps = {int(s["step"]) for s in lead.optimizer.state_dict()["state"].values()}
     assert steps == {meta_steps}
-    # families are each source's own: the imbalanced source's classes split by size
-    assert lead.weighting is not None and other.weighting is not None
-    assert lead.weighting.families is not other.weighting.families
-    assert len(set(other.weighting.family_of_class.tolist())) > 1
+    # families are each source's own, fitted on its class counts
+    for trainer, m in zip(runs, methods, strict=True):
+        assert m.weighting is not None
+        fitted = TaskFamilies.fit(trainer.data.class_counts, 3, seed=m.family_seed)
+        assert torch.equal(m.weighting.family_of_class, fitted.family_of_class)
+    assert not torch.equal(lead.weighting.family_of_class, other.weighting.family_of_class)
     # the second source changed what the weighter learned
     _, (alone,) = joint(["noisy"])
     assert not same(weighter_state(alone), weighter_state(lead))
@@ -125,22 +130,56 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
 
 def test_resume_refuses_another_runs_checkpoint(tmp_path: Path) -> None:
     joint(["noisy"], epochs=1, out=tmp_path)
-    with pytest.raises(ValueError, match="written by 1 sources, not these 2"):
+    saved = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(ValueError, match=r"written by a run of 1 source\(s\), not of these 2"):
         joint(["noisy", "imbalanced"], epochs=2, out=tmp_path, resume=True)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == saved  # nothing was lost
     single = trainers(["noisy"], 1, tmp_path / "single")[0]
     single.fit(PlainLoss("ce"))
     with pytest.raises(ValueError, match="written by a single-source run"):
         joint(["noisy", "imbalanced"], epochs=2, out=tmp_path / "single", resume=True)
-    assert (tmp_path / CHECKPOINT_NAME).exists()  # nothing was lost
+    # and a single-source run refuses the multi-source checkpoint
+    again = trainers(["noisy"], 2, tmp_path)[0]
+    with pytest.raises(ValueError, match="a multi-source checkpoint"):
+        again.fit(method(), resume=True)
 
 
-def test_fit_jointly_rejects_inconsistent_sources() -> None:
+def test_fit_jointly_rejects_inconsistent_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     runs = trainers(["noisy", "imbalanced"], 2, None)
     with pytest.raises(ValueError, match="one method per source"):
         fit_jointly(runs, [method()])
+    shared = method()
+    with pytest.raises(ValueError, match="its own trainer and its own method"):
+        fit_jointly(runs, [shared, shared])
+    other = method()
+    other.config.meta.meta_lr = 1e-3
+    with pytest.raises(ValueError, match="differ in class or config"):
+        fit_jointly(runs, [method(), other])
+    with pytest.raises(ValueError, match="differ in class or config"):
+        fit_jointly(runs, [method(), PlainLoss("ce")])
+    runs[1].data = TrainingSet(x=runs[1].data.x, y=runs[1].data.y % 5, test_x=runs[1].data.test_x,
+                               test_y=runs[1].data.test_y % 5, num_classes=5)
+    with pytest.raises(ValueError, match="one number of classes"):
+        fit_jointly(runs, [method(), method()])
     runs[1].schedule.epochs = 3
     with pytest.raises(ValueError, match="differ in epochs"):
         fit_jointly(runs, [method(), method()])
+    monkeypatch.setattr("weightzoo.distributed.rank_and_world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="not under torchrun"):
+        fit_jointly(runs, [method(), method()])
+
+
+def test_a_method_with_its_own_learned_module_is_refused() -> None:
+    """The learned robust loss (arl) lives in the method, not in a shared weighter: it would
+    be meta-learned on the first source only, so multi-source training refuses it."""
+    meta_x, meta_y = meta_set()
+    arls = []
+    for _ in range(2):
+        arl = AdaptiveRobustLoss(ARLConfig(loss="gce", meta=MetaConfig(meta_batch_size=40)))
+        arl.bind(RunContext(10, meta_x, meta_y))
+        arls.append(arl)
+    with pytest.raises(ValueError, match="cannot meta-learn one module on several sources"):
+        fit_jointly(trainers(["noisy", "imbalanced"], 2, None), arls)
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,8 +235,10 @@ def test_train_recipe_publishes_one_weighter_with_every_source(tmp_path: Path) -
     shown = CliRunner().invoke(cli, ["show", str(tmp_path / "run" / WEIGHTER_DIR)])
     assert "metrics (mean over sources)" in shown.output
     assert "source digits longtail:10: test acc" in shown.output
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    written_at = checkpoint.stat().st_mtime_ns
     again = train_recipe(recipe, tmp_path / "run", device="cpu", progress=False, resume=True)
-    assert again["test_acc"] == metrics["test_acc"]  # a finished run only reloads
+    assert again == metrics and checkpoint.stat().st_mtime_ns == written_at  # a finished run only reloads
 
 
 def test_train_command_reports_each_source(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ SHIPPED = hub.builtin_names()
 EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
             "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
             "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
-            "cmwnet-fmnist-partial30"}
+            "cmwnet-fmnist-partial30", "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi"}
 LEARNED_LOSSES = {"arl-gce-fmnist-sym40"}
 
 

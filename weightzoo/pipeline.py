@@ -9,6 +9,7 @@ atomically, so a directory with ``metrics.json`` is a complete run.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
 from weightzoo.partial_regime import APPLY_REGIMES, STAGE1_DIR, proden_stage, singleton_meta_set
-from weightzoo.recipe import Recipe
+from weightzoo.recipe import DataSection, Recipe
 from weightzoo.training.checkpoint import CHECKPOINT_NAME
 from weightzoo.training.engine import Schedule, Trainer, TrainingSet
 from weightzoo.training.joint import fit_jointly
@@ -240,16 +241,7 @@ def train_recipe(
         return _train_sources(recipe, out, device=device, resume=resume, progress=progress,
                               command=command, baseline=baseline)
     method = recipe.method.build()
-    data = prepare_data(
-        recipe.data.dataset, recipe.data.bias, seed=recipe.seed, root=recipe.data.root,
-        test_fraction=recipe.data.test_fraction,
-        class_map={int(k): v for k, v in (recipe.data.class_map or {}).items()} or None,
-        meta_per_class=recipe.held_out_per_class(method),
-    )
-    if 0 < method.clean_meta_per_class != recipe.held_out_per_class(method):
-        raise ValueError(f"data.meta_per_class ({recipe.data.meta_per_class}) differs from the "
-                         f"{method.clean_meta_per_class} clean samples per class the method's meta set takes")
-    check_training_labels(data.train)
+    data = _prepare_section(recipe, recipe.data, method, recipe.seed, "data")
     if recipe.method.spec.publishes:
         load_pyplot()  # now, not while finalising (see load_pyplot)
     stage1 = None
@@ -293,6 +285,24 @@ def train_recipe(
     return returned
 
 
+def _prepare_section(
+    recipe: Recipe, section: DataSection, method: Method, seed: int, where: str,
+) -> PreparedData:
+    """A recipe's data set (``[data]`` or a ``[[sources]]`` entry, named ``where`` in errors)
+    with the method's meta set held out, its labels checked."""
+    per_class = recipe.held_out_per_class(method, section=section)
+    if 0 < method.clean_meta_per_class != per_class:
+        raise ValueError(f"{where}.meta_per_class ({per_class}) differs from the "
+                         f"{method.clean_meta_per_class} clean samples per class the method's meta set takes")
+    data = prepare_data(
+        section.dataset, section.bias, seed=seed, root=section.root, test_fraction=section.test_fraction,
+        class_map={int(k): v for k, v in (section.class_map or {}).items()} or None,
+        meta_per_class=per_class,
+    )
+    check_training_labels(data.train)
+    return data
+
+
 def _train_sources(
     recipe: Recipe, out: Path, *, device: str | None, resume: bool, progress: bool,
     command: str | None, baseline: dict[str, Any] | None,
@@ -301,22 +311,13 @@ def _train_sources(
     ``seed + i``, trained in turns by one joined method each (``weightzoo.training.joint``),
     one artifact. Returns the mean final metrics over the sources, with each source's under
     ``"sources"``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before any data is prepared
+        raise ValueError("multi-source training ([[sources]]) runs in one process, not under torchrun")
     methods = [recipe.method.build() for _ in recipe.data_sections]
-    held_out = recipe.held_out_per_class(methods[0])
     prepared, trainers = [], []
     for i, (section, method) in enumerate(zip(recipe.data_sections, methods, strict=True)):
         seed = recipe.seed + i
-        per_class = recipe.held_out_per_class(section=section, held_out=held_out)
-        if 0 < method.clean_meta_per_class != per_class:
-            raise ValueError(f"source {i} ({section.dataset}): meta_per_class ({per_class}) differs from "
-                             f"the {method.clean_meta_per_class} clean samples per class the method's meta "
-                             "set takes")
-        data = prepare_data(
-            section.dataset, section.bias, seed=seed, root=section.root, test_fraction=section.test_fraction,
-            class_map={int(k): v for k, v in (section.class_map or {}).items()} or None,
-            meta_per_class=per_class,
-        )
-        check_training_labels(data.train)
+        data = _prepare_section(recipe, section, method, seed, "data" if i == 0 else f"sources[{i - 1}]")
         method.bind(RunContext(data.splits.num_classes, data.meta_x, data.meta_y, seed))
         prepared.append(data)
         trainers.append(Trainer(

@@ -106,8 +106,8 @@ class Recipe:
         at its default config (a baseline); a semi-supervised baseline of a semi-supervised
         recipe (``fixmatch`` of ``fixmatch-meta``) keeps the recipe's semi-supervised
         settings (labelled samples per class, mu, lambda_u, threshold, views)."""
-        held_out = self.held_out_per_class()
-        data, *sources = [replace(d, meta_per_class=self.held_out_per_class(section=d, held_out=held_out))
+        method = self.method.build()
+        data, *sources = [replace(d, meta_per_class=self.held_out_per_class(method, section=d))
                           for d in self.data_sections]
         choice = MethodChoice.default(name)
         if isinstance(choice.config, SemiSupervisedConfig) and isinstance(self.method.config,
@@ -117,15 +117,14 @@ class Recipe:
         return Recipe(self.name, self.description, self.seed, self.imports, data, self.model,
                       choice, self.schedule, self.regime, sources)
 
-    def held_out_per_class(self, method: Method | None = None, *, section: DataSection | None = None,
-                           held_out: int | None = None) -> int:
+    def held_out_per_class(self, method: Method | None = None, *, section: DataSection | None = None) -> int:
         """Clean samples per class held out of ``section`` (default ``[data]``) as the meta set:
         its ``meta_per_class``, else what the method takes (``method``: the recipe's method,
-        when already built; ``held_out``: that number, when already known)."""
+        when already built)."""
         section = section or self.data
         if section.meta_per_class is not None:
             return section.meta_per_class
-        return held_out if held_out is not None else (method or self.method.build()).clean_meta_per_class
+        return (method or self.method.build()).clean_meta_per_class
 
     def validate(self, where: str | None = None) -> None:
         """Check values the types alone do not; errors name ``where`` (default: the recipe)."""
@@ -142,7 +141,7 @@ class Recipe:
         if self.schedule.epochs < 1 or self.schedule.batch_size < 1:
             raise ValueError(f"{where}: schedule.epochs and schedule.batch_size must be >= 1")
         if any(d.meta_per_class is not None and d.meta_per_class < 0 for d in self.data_sections):
-            raise ValueError(f"{where}: data.meta_per_class must be >= 0")
+            raise ValueError(f"{where}: meta_per_class must be >= 0 ([data] and each [[sources]])")
         if self.sources and (self.regime.name != "supervised"
                              or isinstance(self.method.config, SemiSupervisedConfig)):
             raise ValueError(f"{where}: [[sources]] (multi-source training) takes supervised methods "

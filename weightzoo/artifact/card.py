@@ -119,7 +119,7 @@ def render_model_card(weighter: Artifact, has_curve: bool = True) -> str:
     name = meta.name or f"{cfg.kind} artifact"
     data = ModelCardData(
         library_name=LIBRARY_NAME, tags=card_tags(weighter), license="apache-2.0",
-        datasets=[source["dataset"]] if source.get("dataset") else None,
+        datasets=sorted({s["dataset"] for s in source.get("sources", [source]) if s.get("dataset")}) or None,
     )
     sections = [f"# {name}", *(_robust_loss_sections(weighter) if isinstance(weighter, LearnedRobustLoss)
                                 else _weighter_sections(weighter))]

@@ -130,12 +130,16 @@ class BilevelMethod(Method):
         self.optimizer = torch.optim.Adam(learner.parameters(), lr=lr, weight_decay=weight_decay)
 
     def join(self, lead: Method) -> None:
+        """A method that meta-learns a module trains it on one source only: refused here
+        (nothing to share is fine, e.g. L2RW). :class:`MetaWeighting` shares its weighter."""
+        if self.learner is not None:
+            raise ValueError(f"method {self.name!r} cannot meta-learn one module on several sources "
+                             "(multi-source training shares a weighter: mwnet, cmwnet, cmwnet-sl)")
+
+    def share_learner(self, lead: BilevelMethod) -> None:
         """Meta-learn the lead's learner with the lead's optimizer (one Adam state for every
         source: each source's meta step is one update of the shared module)."""
-        if not isinstance(lead, BilevelMethod) or (self.learner is None) != (lead.learner is None):
-            raise ValueError(f"method {self.name!r} cannot share its meta-learned module with {lead.name!r}")
-        if lead is not self and lead.learner is not None:
-            self.learner, self.optimizer = lead.learner, lead.optimizer
+        self.learner, self.optimizer = lead.learner, lead.optimizer
 
     def learn(self, trainer: Trainer, x: torch.Tensor, lr: float, objective: Objective,
               **options: Any) -> KeptForward | None:

@@ -251,8 +251,8 @@ class MetaWeighting(BilevelMethod):
     def join(self, lead: Method) -> None:
         """Weight this source's samples with the lead's weighter (meta-learned by every source),
         by this source's own task families."""
-        super().join(lead)
         assert isinstance(lead, MetaWeighting) and self.weighting is not None and lead.weighter is not None
+        self.share_learner(lead)
         self.weighter = lead.weighter
         self.weighting = SampleWeighting(lead.weighter, self.weighting.families, self.weighting.num_classes)
 

@@ -305,6 +305,9 @@ class Trainer:
     def restore(self, method: Method, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint's ``state`` (read from ``path``, named in errors): refused
         when another run wrote it or it has more epochs than the schedule."""
+        if "sources" in state:
+            raise ValueError(f"{path}: a multi-source checkpoint ([[sources]]); resume it with the same "
+                             "multi-source recipe, or pick another output directory")
         self._check_same_run(path, state, method)
         done = int(state["epoch"]) + 1
         if done > self.schedule.epochs:
@@ -359,9 +362,10 @@ class EpochRun:
     """One epoch of a trainer, a step at a time (several trainers can take turns; see
     ``weightzoo.training.joint``): the lr set, the method's epoch start and the seeded
     batches at construction; :meth:`step` runs the next batch, :meth:`finish` evaluates and
-    returns the epoch's metrics row. ``position``: the progress bar's line (one per trainer)."""
+    returns the epoch's metrics row. ``position``: the progress bar's line (one per trainer;
+    None: the next free one)."""
 
-    def __init__(self, trainer: Trainer, method: Method, epoch: int, position: int = 0) -> None:
+    def __init__(self, trainer: Trainer, method: Method, epoch: int, position: int | None = None) -> None:
         self.trainer, self.method, self.epoch = trainer, method, epoch
         self.started = time.perf_counter()
         self.lr = trainer.schedule.lr_at(epoch)
