@@ -23,6 +23,7 @@ from weightzoo.methods.meta_weighting import MetaWeightingConfig, weighting_meta
 from weightzoo.methods.registry import build_method
 from weightzoo.pipeline import prepare_data
 from weightzoo.training.engine import Schedule, Trainer
+from weightzoo.training.joint import fit_jointly
 from weightzoo.weighting.sample_weighting import SampleWeighting
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -104,6 +105,36 @@ def test_fixmatch_trains_and_resumes_on_cuda(config, tmp_path: Path) -> None:
     assert straight.history[-1]["test_acc"] > 0.3
     for a, b in zip(straight.module.parameters(), resumed.module.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)  # CUDA kernels may not be bit-deterministic
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_multi_source_meta_training_on_cuda(amp: bool, tmp_path: Path) -> None:
+    """Two sources share one weighter on the GPU; an interrupted run resumes to the same end."""
+    sources = [prepare_data("digits", bias, seed=i, meta_per_class=10)
+               for i, bias in enumerate(("symmetric:0.4", "longtail:10"))]
+
+    def fit(out: Path, epochs: int, resume: bool = False) -> tuple[list[Trainer], list]:
+        torch.manual_seed(0)
+        trainers, methods = [], []
+        for i, data in enumerate(sources):
+            model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(),
+                                  nn.Linear(64, 10))
+            method = build_method("cmwnet", MetaWeightingConfig(normalization="mean"))
+            method.bind(RunContext(10, data.meta_x, data.meta_y, seed=i))
+            trainers.append(Trainer(model, data.train, Schedule(epochs=epochs, batch_size=100,
+                                    warmup_epochs=1, amp=amp), device="cuda", seed=i, progress=False))
+            methods.append(method)
+        fit_jointly(trainers, methods, out, resume=resume)
+        return trainers, methods
+
+    straight, methods = fit(tmp_path / "a", 3)
+    assert methods[1].weighter is methods[0].weighter
+    assert next(methods[0].weighter.parameters()).device.type == "cuda"
+    assert all(t.history[-1]["test_acc"] > 0.5 for t in straight)
+    fit(tmp_path / "b", 2)
+    resumed, resumed_methods = fit(tmp_path / "b", 3, resume=True)
+    for a, b in zip(methods[0].weighter.parameters(), resumed_methods[0].weighter.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)  # CUDA kernels may not be bit-deterministic
 
 
 def test_weighted_loss_and_strong_view_stay_on_the_device() -> None:

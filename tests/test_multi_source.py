@@ -213,6 +213,8 @@ def test_recipe_sources_parse_and_are_validated() -> None:
         recipe_from_dict({**RECIPE, "regime": {"name": "partial"}, "meta": {"source": "train"}})
     shipped = load_recipe("fmnist-multi-cmwnet")
     assert len(shipped.data_sections) == 4 and shipped.method.name == "cmwnet"
+    overridden = load_recipe("digits-sym40-mwnet", ['sources=[{dataset="digits", bias="longtail:10"}]'])
+    assert [d.bias for d in overridden.data_sections] == ["symmetric:0.4", "longtail:10"]
 
 
 def test_train_recipe_publishes_one_weighter_with_every_source(tmp_path: Path) -> None:
