@@ -14,6 +14,7 @@ from weightzoo.artifact.format import Provenance, load_artifact
 from weightzoo.cli.main import cli
 from weightzoo.data.sources import load_dataset
 from weightzoo.methods.base import RunContext
+from weightzoo.methods.fixmatch import FixMatch, FixMatchMetaConfig
 from weightzoo.methods.meta_weighting import MetaConfig, MetaWeighting, MetaWeightingConfig
 from weightzoo.methods.plain import PlainLoss
 from weightzoo.methods.robust_loss import AdaptiveRobustLoss, ARLConfig
@@ -169,17 +170,29 @@ def test_fit_jointly_rejects_inconsistent_sources(monkeypatch: pytest.MonkeyPatc
         fit_jointly(runs, [method(), method()])
 
 
-def test_a_method_with_its_own_learned_module_is_refused() -> None:
-    """The learned robust loss (arl) lives in the method, not in a shared weighter: it would
-    be meta-learned on the first source only, so multi-source training refuses it."""
+def test_a_learned_loss_is_meta_learned_on_every_source() -> None:
+    """arl: the sources train with one learned loss and one Adam state."""
     meta_x, meta_y = meta_set()
     arls = []
     for _ in range(2):
-        arl = AdaptiveRobustLoss(ARLConfig(loss="gce", meta=MetaConfig(meta_batch_size=40)))
+        arl = AdaptiveRobustLoss(ARLConfig(loss="gce", meta=MetaConfig(meta_lr=5e-2, meta_batch_size=40)))
         arl.bind(RunContext(10, meta_x, meta_y))
         arls.append(arl)
+    runs = trainers(["noisy", "imbalanced"], 2, None)
+    fit_jointly(runs, arls)
+    assert arls[1].loss is arls[0].loss and arls[1].optimizer is arls[0].optimizer
+    assert arls[0].optimizer is not None and arls[0].loss is not None
+    meta_steps = sum(-(-len(t.data.y) // 50) for t in runs)  # every non-warm-up iteration
+    assert {int(s["step"]) for s in arls[0].optimizer.state_dict()["state"].values()} == {meta_steps}
+    assert arls[0].loss.hyperparameters()["q"] != pytest.approx(0.7)  # it moved from its start
+
+
+def test_a_meta_learned_module_that_cannot_be_shared_is_refused() -> None:
+    """FixMatch's meta-learned mask lives in the method, not in a shared weighter: it would be
+    meta-learned on the first source only, so multi-source training refuses it."""
+    masks = [FixMatch(FixMatchMetaConfig(hidden=8)) for _ in range(2)]
     with pytest.raises(ValueError, match="cannot meta-learn one module on several sources"):
-        fit_jointly(trainers(["noisy", "imbalanced"], 2, None), arls)
+        fit_jointly(trainers(["noisy", "imbalanced"], 2, None), masks)
 
 
 # ----------------------------------------------------------------------------------------

@@ -131,10 +131,12 @@ class BilevelMethod(Method):
 
     def join(self, lead: Method) -> None:
         """A method that meta-learns a module trains it on one source only: refused here
-        (nothing to share is fine, e.g. L2RW). :class:`MetaWeighting` shares its weighter."""
+        (nothing to share is fine, e.g. L2RW). :class:`MetaWeighting` shares its weighter,
+        :class:`AdaptiveRobustLoss` its loss."""
         if self.learner is not None:
             raise ValueError(f"method {self.name!r} cannot meta-learn one module on several sources "
-                             "(multi-source training shares a weighter: mwnet, cmwnet, cmwnet-sl)")
+                             "(multi-source training shares a weighter or a learned loss: mwnet, "
+                             "cmwnet, cmwnet-sl, arl)")
 
     def share_learner(self, lead: BilevelMethod) -> None:
         """Meta-learn the lead's learner with the lead's optimizer (one Adam state for every

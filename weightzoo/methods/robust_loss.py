@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from weightzoo.bilevel.estimators import AUTO
 from weightzoo.losses import per_sample_loss
-from weightzoo.methods.base import Batch, RunContext, StepOutput, TrainedArtifact
+from weightzoo.methods.base import Batch, Method, RunContext, StepOutput, TrainedArtifact
 from weightzoo.methods.bilevel import BilevelMethod, check_estimator
 from weightzoo.methods.meta_weighting import MetaConfig
 from weightzoo.methods.registry import register_method
@@ -84,6 +84,12 @@ class AdaptiveRobustLoss(BilevelMethod):
         super().setup(trainer)
         self.loss.to(trainer.device)
         self.start_learning(self.loss, self.config.meta.meta_lr, self.config.meta.meta_weight_decay)
+
+    def join(self, lead: Method) -> None:
+        """Train with the lead's loss, meta-learned by every source (one Adam state)."""
+        assert isinstance(lead, AdaptiveRobustLoss) and lead.loss is not None
+        self.share_learner(lead)
+        self.loss = lead.loss
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         assert self.loss is not None, "setup() was not called"
