@@ -6,9 +6,9 @@ GCE, SCE and class-balanced CE on identical data, model, schedule and seed.
     python -m benchmarks.transfer_matrix [--targets digits-mlp mnist5k-mlp] [--seeds 0 1 2]
 
 The zoo entry a user would pick without test labels is chosen by a rule (``RULES``):
-``v0.3``, pre-registered (the entry meta-trained on the declared bias type); ``v0.4`` and
-``v0.5``, selected on the MLP targets' cells (per declared bias, the entry with the best
-mean over digits-mlp and mnist5k-mlp; v0.5 once the multi-source entries joined), so that
+``v0.3``, pre-registered (the entry meta-trained on the declared bias type); ``v0.4``,
+``v0.5`` and ``v0.6``, selected on the MLP targets' cells (per declared bias, the entry with
+the best mean over digits-mlp and mnist5k-mlp; v0.5 and v0.6 as multi-source entries joined), so that
 only the other targets (digits-cnn, mnist-mlp) test them; ``v0.5-one-entry``, no bias
 declared (the multi-source CMW-Net everywhere). ``--record-in-zoo`` writes each shipped entry's cells into its
 artifact's ``transfer`` record (merged with cells of other runs), which its card renders. Writes
@@ -39,7 +39,7 @@ from benchmarks.common import (
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
              "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
              "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
-             "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi"]
+             "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi", "arl-gce-fmnist-multi"]
 BIASES = {"sym40": "symmetric:0.4", "asym40": "asymmetric:0.4", "lt50": "longtail:50",
           "lt50+sym40": "longtail:50+symmetric:0.4"}
 # the declared bias -> the weighter a user picks
@@ -54,6 +54,9 @@ RULES = {
     # v0.4's procedure (per bias, the best mean over the MLP targets' cells) re-applied once the
     # multi-source entries joined the zoo; digits-cnn and mnist-mlp test it
     "v0.5": {"sym40": "cmwnet-sl-fmnist-multi", "asym40": "cmwnet-sl-fmnist-multi",
+             "lt50": "cmwnet-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
+    # the same procedure once the multi-source learned GCE joined (before its held-out runs)
+    "v0.6": {"sym40": "arl-gce-fmnist-multi", "asym40": "cmwnet-sl-fmnist-multi",
              "lt50": "cmwnet-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
     # no bias declared: the multi-source entry (meta-trained on all four bias types at once),
     # fixed before any of its transfer runs

@@ -22,6 +22,7 @@ declare -A ZOO=(
   [cmwnet-fmnist-longtail]=fmnist-longtail-cmwnet
   [cmwnet-fmnist-multi]=fmnist-multi-cmwnet
   [cmwnet-sl-fmnist-multi]=fmnist-multi-cmwnet-sl
+  [arl-gce-fmnist-multi]=fmnist-multi-arl-gce
 )
 # the baseline each entry is trained beside (recorded in its card): CE, except where another
 # is the fair reference (FixMatch's threshold mask for a FixMatch mask, the robust loss a

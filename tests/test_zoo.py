@@ -20,8 +20,9 @@ SHIPPED = hub.builtin_names()
 EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40",
             "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
             "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
-            "cmwnet-fmnist-partial30", "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi"}
-LEARNED_LOSSES = {"arl-gce-fmnist-sym40"}
+            "cmwnet-fmnist-partial30", "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi",
+            "arl-gce-fmnist-multi"}
+LEARNED_LOSSES = {"arl-gce-fmnist-sym40", "arl-gce-fmnist-multi"}
 
 
 def test_zoo_has_the_weighters_and_the_learned_loss() -> None:
