@@ -253,8 +253,7 @@ class MetaWeighting(BilevelMethod):
         by this source's own task families."""
         assert isinstance(lead, MetaWeighting) and self.weighting is not None and lead.weighter is not None
         self.share_learner(lead)
-        self.weighter = lead.weighter
-        self.weighting = SampleWeighting(lead.weighter, self.weighting.families, self.weighting.num_classes)
+        self.weighter = self.weighting.weighter = lead.weighter  # families and device kept
 
     def meta_iteration(self, batch: Batch) -> bool:
         return not batch.warmup and batch.iteration % self.meta.meta_interval == 0
