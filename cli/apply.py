@@ -43,8 +43,9 @@ def default_warmup(epochs: int) -> int:
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
 @click.option("--loss", type=click.Choice(["auto", *BASE_LOSSES]), default="auto", show_default=True,
-              help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, GCE or "
-                   "SCE, or the soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
+              help="Weighted loss: the one WEIGHTER was trained with (auto), weighted CE, GCE, "
+                   "SCE or class-balanced CE (class weights from this data's counts), or the "
+                   "soft-label loss of CMW-Net-SL (EMA teacher + mixup).")
 @click.option("--regime", type=click.Choice(APPLY_REGIMES), default="supervised",
               show_default=True,
               help="partial: PRODEN on the candidate sets first (the 'proden' baseline), then the "

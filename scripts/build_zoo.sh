@@ -23,12 +23,13 @@ declare -A ZOO=(
   [cmwnet-fmnist-multi]=fmnist-multi-cmwnet
   [cmwnet-sl-fmnist-multi]=fmnist-multi-cmwnet-sl
   [arl-gce-fmnist-multi]=fmnist-multi-arl-gce
+  [cmwnet-cb-fmnist-longtail]=fmnist-longtail-cmwnet-cb
 )
 # the baseline each entry is trained beside (recorded in its card): CE, except where another
 # is the fair reference (FixMatch's threshold mask for a FixMatch mask, the robust loss a
 # weighter weights, class-balanced CE for a long-tail weighter)
 declare -A BASELINE=([cmwnet-fixmatch4-fmnist]=fixmatch [cmwnet-sce-fmnist-longtail-noise]=sce
-                     [cmwnet-fmnist-longtail]=class-balanced)
+                     [cmwnet-fmnist-longtail]=class-balanced [cmwnet-cb-fmnist-longtail]=class-balanced)
 for name in ${ONLY:-${!ZOO[@]}}; do
   recipe=${ZOO[$name]}
   if [ ! -f "$RUNS/$name/metrics.json" ]; then

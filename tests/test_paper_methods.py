@@ -174,9 +174,11 @@ def test_weighting_term_weights_the_base_loss_at_the_samples_cross_entropy() -> 
     logits, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
     ce = F.cross_entropy(logits, y, reduction="none")
     expected_weights = weighting.weighter(ce, weighting.family_of_class[y], 4)
-    for base in ("ce", "gce", "sce"):
+    for base in ("ce", "gce", "sce", "class-balanced"):
         term = weighting.term(base, logits, y, grad=True)
-        torch.testing.assert_close(term.losses, per_sample_loss(base, logits, y))
+        # class-balanced: its class weights from the counts the families were fitted on
+        extra = {"class_counts": [40, 40, 5, 5]} if base == "class-balanced" else {}
+        torch.testing.assert_close(term.losses, per_sample_loss(base, logits, y, **extra))
         torch.testing.assert_close(term.weights, expected_weights)  # read at the CE, whatever the base
         assert term.weights.requires_grad and term.normalization == "sum"
         plain = weighting.term(base, logits, y, weighted=False)
@@ -234,3 +236,43 @@ def test_a_weighter_meta_trained_over_gce_is_applied_over_gce(gce_weighter: Path
     assert result["runs"]["weighter"]["test_acc"] > 0.3
     ckpt = torch.load(tmp_path / "apply" / "weighter" / "checkpoint.pt", weights_only=True)
     assert ckpt["run"]["method"] == "weighter:mwnet:gce"
+
+
+@pytest.fixture(scope="module")
+def class_balanced_weighter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cb") / "run"
+    recipe = load_recipe("digits-longtail-mwnet", [*SHORT, "method.name=\"cmwnet\"", "method.num_families=2",
+                                                   "method.normalization=\"mean\"",
+                                                   "method.base_loss=\"class-balanced\""])
+    train_recipe(recipe, out, device="cpu", progress=False)
+    return out / WEIGHTER_DIR
+
+
+def test_a_weighter_over_class_balanced_ce_balances_by_the_target_counts(
+    class_balanced_weighter: Path, tmp_path: Path,
+) -> None:
+    from weightzoo.losses import class_balanced_weights
+
+    weighter = load_artifact(class_balanced_weighter)
+    assert weighter.config.base_loss == "class-balanced"
+    assert FrozenWeighting(weighter=weighter).loss == "class-balanced"
+    card = (class_balanced_weighter / "README.md").read_text()
+    assert "weighted class-balanced CE" in card and "class counts of the data it is applied to" in card
+    # the class weights come from the data it is applied to, not from the source's counts
+    counts = [200, 200, 200, 8, 8, 8, 100, 100, 100, 4]
+    crit = WeightedLoss.for_data(weighter, class_counts=counts, warmup_epochs=0)
+    torch.manual_seed(2)
+    logits, y = torch.randn(32, 10), torch.randint(0, 10, (32,))
+    ce = F.cross_entropy(logits, y, reduction="none")
+    w = weighter(ce, crit.family_of_class[y], 10)
+    balanced = class_balanced_weights(counts).float()[y] * ce
+    torch.testing.assert_close(crit(logits, y), (w * balanced).mean())
+    assert not torch.allclose(balanced, ce)
+    with pytest.raises(ValueError, match="class-balanced base loss .* pass class_counts= or labels="):
+        WeightedLoss(weighter)
+    result = apply_weighter(str(class_balanced_weighter), tmp_path / "apply", dataset="digits",
+                            bias="longtail:20", model={"name": "mlp", "hidden": [32]}, seed=1,
+                            baselines=(), schedule=Schedule(epochs=2, warmup_epochs=1), progress=False)
+    assert result["runs"]["weighter"]["test_acc"] > 0.3
+    ckpt = torch.load(tmp_path / "apply" / "weighter" / "checkpoint.pt", weights_only=True)
+    assert ckpt["run"]["method"] == "weighter:cmwnet:class-balanced"

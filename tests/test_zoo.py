@@ -21,7 +21,7 @@ EXPECTED = {"mwnet-fmnist-sym40", "mwnet-fmnist-longtail", "cmwnet-fmnist-asym40
             "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
             "arl-gce-fmnist-sym40", "cmwnet-sce-fmnist-longtail-noise", "cmwnet-fmnist-longtail",
             "cmwnet-fmnist-partial30", "cmwnet-fmnist-multi", "cmwnet-sl-fmnist-multi",
-            "arl-gce-fmnist-multi"}
+            "arl-gce-fmnist-multi", "cmwnet-cb-fmnist-longtail"}
 LEARNED_LOSSES = {"arl-gce-fmnist-sym40", "arl-gce-fmnist-multi"}
 
 
@@ -30,6 +30,8 @@ def test_zoo_has_the_weighters_and_the_learned_loss() -> None:
     assert load_pretrained("cmwnet-sl-fmnist-sym40").config.base_loss == "sl"
     sce = WeightedLoss.from_pretrained("cmwnet-sce-fmnist-longtail-noise", class_counts=[50] * 5 + [5] * 5)
     assert sce.base_loss == "sce"  # applied with the loss it was meta-trained to weight
+    balanced = WeightedLoss.from_pretrained("cmwnet-cb-fmnist-longtail", class_counts=[50] * 5 + [5] * 5)
+    assert balanced.base_loss == "class-balanced"  # class weights from these counts
 
 
 @pytest.mark.parametrize("name", SHIPPED)

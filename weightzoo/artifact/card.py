@@ -50,7 +50,9 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         f"famil{'y' if cfg.num_families == 1 else 'ies'}) for robust training on biased data. "
         "It maps a sample's cross entropy (and, for CMW-Net, the size family of its label's "
         "class) to a weight in [0, 1]"
-        + (f" that multiplies the sample's `{cfg.base_loss}` loss." if cfg.base_loss != "ce" else "."),
+        + (f" that multiplies the sample's `{cfg.base_loss}` loss." if cfg.base_loss != "ce" else ".")
+        + (" Its class weights (Cui et al. 2019) come from the class counts of the data it is "
+           "applied to, so pass your training labels." if cfg.base_loss == "class-balanced" else ""),
         "## Usage",
         "```python\nfrom weightzoo import WeightedLoss\n\n"
         "# NAME: a shipped zoo name, a local directory, or a Hub repo id org/name[@revision]\n"
@@ -58,7 +60,7 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
         "labels=train_labels, num_classes=C)\n"
         + ("loss = crit.soft_label_loss(model(x), y, teacher_probs)  # trained with the SL loss\n```"
            if cfg.base_loss == "sl" else
-           f"loss = crit(model(x), y)  # weighted {cfg.base_loss.upper()}; "
+           f"loss = crit(model(x), y)  # weighted {_loss_label(cfg.base_loss)}; "
            "crit.last_weights holds the batch's weights\n```"),
         _warmup_line(weighter),
         "## Weighting function",
@@ -72,12 +74,17 @@ def _weighter_sections(weighter: CMWNet) -> list[str]:
     ]
 
 
+def _loss_label(base_loss: str) -> str:
+    """How a card names the loss the weights multiply (the SL weighter warms up with CE)."""
+    return {"sl": "CE", "class-balanced": "class-balanced CE"}.get(base_loss, base_loss.upper())
+
+
 def _warmup_line(weighter: CMWNet) -> str:
     """How the criterion warms up, from the meta-training schedule the metadata records."""
     epochs = meta_training_warmup_epochs(weighter)
     if not epochs:
         return "No warm-up is recorded: the criterion weights from the first step."
-    loss = "CE" if weighter.config.base_loss == "sl" else weighter.config.base_loss.upper()
+    loss = _loss_label(weighter.config.base_loss)
     return (f"Meta-trained after {epochs:g} plain-{loss} epoch(s): the criterion returns the plain "
             f"mean {loss} for the first {epochs:g} epoch(s) of your data (counted in training "
             "samples), then weights. `warmup_epochs=0` turns this off.")

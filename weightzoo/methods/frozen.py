@@ -1,7 +1,7 @@
 """``frozen``: a pretrained weighter applied frozen (CMW-Net Algorithm 3), with task families
 re-fitted on the whole training set's class counts, weighting the loss it was meta-trained
-with (its ``base_loss``: CE, a robust GCE / SCE, or the soft-label loss of CMW-Net-SL, the
-paper's transfer setting) or, on request, another."""
+with (its ``base_loss``: CE, a robust GCE / SCE, class-balanced CE with this data's class
+weights, or the soft-label loss of CMW-Net-SL, the paper's transfer setting) or, on request, another."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ def _pretrained(cls: type, method: str, key: str, name: str, revision: str | Non
 class FrozenConfig:
     """weighter: zoo name, directory or Hub repo id ``org/name[@rev]``; revision: Hub
     revision; family_seed: k-means seed of the re-fitted families; loss: ``ce`` (weighted
-    CE), ``sl`` (the soft-label loss of CMW-Net-SL, with an EMA teacher of decay
-    ``teacher_decay`` and training-batch mixup ``mixup_alpha``) or ``auto`` (the loss the
-    weighter was meta-trained with, its ``base_loss``)."""
+    CE; likewise ``gce``, ``sce``, ``class-balanced``), ``sl`` (the soft-label loss of
+    CMW-Net-SL, with an EMA teacher of decay ``teacher_decay`` and training-batch mixup
+    ``mixup_alpha``) or ``auto`` (the loss the weighter was meta-trained with, its
+    ``base_loss``)."""
 
     weighter: str = ""
     revision: str | None = None

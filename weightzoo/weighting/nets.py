@@ -23,9 +23,10 @@ InputNorm = Literal["none", "log_classes", "batch_mean"]
 
 NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "detached_sum")
 INPUT_NORMS: tuple[str, ...] = ("none", "log_classes", "batch_mean")
-# the per-sample losses a weighter's weights multiply (``gce`` / ``sce`` with the defaults of
-# ``weightzoo.losses``); ``sl`` is CMW-Net-SL's soft-label loss
-WEIGHTED_LOSSES: tuple[str, ...] = ("ce", "gce", "sce")
+# the per-sample losses a weighter's weights multiply (``gce`` / ``sce`` / ``class-balanced``
+# with the defaults of ``weightzoo.losses``; ``class-balanced`` from the class counts of the data
+# the weighter is applied to); ``sl`` is CMW-Net-SL's soft-label loss
+WEIGHTED_LOSSES: tuple[str, ...] = ("ce", "gce", "sce", "class-balanced")
 BASE_LOSSES: tuple[str, ...] = (*WEIGHTED_LOSSES, "sl")
 
 
@@ -44,7 +45,8 @@ class WeighterConfig(DictRecord):
         training stage.
     normalization: how weights reduce a batch of losses (see ``weightzoo.reduction``).
     base_loss: the per-sample loss the weighter's weights multiplied in meta-training:
-        ``ce``, a robust loss ``gce`` / ``sce`` (the weighter still reads the sample's CE), or
+        ``ce``, a robust loss ``gce`` / ``sce``, ``class-balanced`` CE (its class weights from the
+        counts of the data it is applied to; the weighter still reads the sample's CE), or
         ``sl`` (CMW-Net-SL's soft-label loss).
     source_num_classes: number of classes of the meta-training data.
     metadata: provenance (source data, bias, method, metrics, family centres); the

@@ -22,15 +22,24 @@ from weightzoo.weighting.reduction import LossTerm, at_least_fp32, reduce_weight
 
 
 def base_and_input_losses(
-    base_loss: str, logits: torch.Tensor, targets: torch.Tensor
+    base_loss: str, logits: torch.Tensor, targets: torch.Tensor,
+    class_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the per-sample ``base_loss`` the weights multiply, the per-sample CE the weighter
     reads), both (B,), of logits (B, C) and targets (B,) or soft (B, C); one tensor twice
-    for ``ce``."""
+    for ``ce``. ``class_counts`` (C,): the training data's per-class counts, which the
+    ``class-balanced`` base loss weights its classes by."""
     if base_loss not in WEIGHTED_LOSSES:
         raise ValueError(f"base loss {base_loss!r} is not one of {WEIGHTED_LOSSES}")
     ce = per_sample_loss("ce", logits, targets)
-    return (ce if base_loss == "ce" else per_sample_loss(base_loss, logits, targets)), ce
+    if base_loss == "ce":
+        return ce, ce
+    if base_loss != "class-balanced":
+        return per_sample_loss(base_loss, logits, targets), ce
+    if class_counts is None:
+        raise ValueError("the class-balanced base loss needs the training data's class counts: "
+                         "pass class_counts= or labels=")
+    return per_sample_loss(base_loss, logits, targets, class_counts=class_counts), ce
 
 
 class SampleWeighting(nn.Module):
@@ -60,6 +69,9 @@ class SampleWeighting(nn.Module):
         self.num_classes = num_classes or (families.num_classes if families is not None else None)
         table = families.family_of_class if families is not None else torch.zeros(0, dtype=torch.long)
         self.register_buffer("family_of_class", table.clone(), persistent=False)
+        # (C,) the data's class counts (a class-balanced base loss weights by them); empty without families
+        counts = torch.tensor(families.class_counts if families is not None else (), dtype=torch.float32)
+        self.register_buffer("class_counts", counts, persistent=False)
 
     @classmethod
     def fit(
@@ -69,6 +81,12 @@ class SampleWeighting(nn.Module):
         """Fit the weighter's K families on per-class counts (C,) of the training labels."""
         families = TaskFamilies.fit(class_counts, weighter.num_families, seed=seed)
         return cls(weighter, families, families.num_classes)
+
+    @property
+    def data_class_counts(self) -> torch.Tensor | None:
+        """(C,) the class counts the families were fitted on, on the weighter's device; None
+        without families."""
+        return self.class_counts if self.class_counts.numel() else None
 
     @property
     def normalization(self) -> str:
@@ -109,11 +127,11 @@ class SampleWeighting(nn.Module):
         self, base_loss: str, logits: torch.Tensor, targets: torch.Tensor, *,
         grad: bool = False, weighted: bool = True,
     ) -> LossTerm:
-        """The weighted training term: per-sample ``base_loss`` (``ce``, ``gce`` or ``sce``) of
+        """The weighted training term: per-sample ``base_loss`` (one of ``WEIGHTED_LOSSES``) of
         logits (B, C) and range-checked labels (B,), each sample weighted by the weighter at
         its *cross entropy* (the weighter's input whatever the base loss); ``weighted=False``:
         the plain mean (warm-up). ``grad``: weights differentiable w.r.t. the weighter."""
-        losses, ce = base_and_input_losses(base_loss, logits, targets)
+        losses, ce = base_and_input_losses(base_loss, logits, targets, self.data_class_counts)
         if not weighted:
             return LossTerm(losses)
         weights = self.weights(ce.detach(), targets, grad=grad, checked=True)

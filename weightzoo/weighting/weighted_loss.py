@@ -51,10 +51,11 @@ class WeightedLoss(nn.Module):
         gradient into its logits. A NaN that came from the model's inputs or activations
         still poisons that model's own backward (0 * NaN = NaN in a layer's weight
         gradient): drop such rows before the forward.
-    base_loss: the per-sample loss ``forward`` weights: ``ce``, ``gce`` or ``sce`` (defaults
-        of ``weightzoo.losses``); None: the one the weighter was meta-trained with (CE for a
-        soft-label weighter, whose own loss is :meth:`soft_label_loss`). The weighter reads
-        each sample's CE whatever the base loss.
+    base_loss: the per-sample loss ``forward`` weights: ``ce``, ``gce``, ``sce`` or
+        ``class-balanced`` (defaults of ``weightzoo.losses``; class weights from the counts the
+        families were fitted on, so it needs ``class_counts=`` / ``labels=``); None: the one the
+        weighter was meta-trained with (CE for a soft-label weighter, whose own loss is
+        :meth:`soft_label_loss`). The weighter reads each sample's CE whatever the base loss.
     """
 
     last_weights: torch.Tensor | None
@@ -69,6 +70,9 @@ class WeightedLoss(nn.Module):
             base_loss = weighter.config.base_loss if weighter.config.base_loss in WEIGHTED_LOSSES else "ce"
         if base_loss not in WEIGHTED_LOSSES:
             raise ValueError(f"base_loss must be one of {WEIGHTED_LOSSES}, got {base_loss!r}")
+        if base_loss == "class-balanced" and families is None:
+            raise ValueError("the class-balanced base loss weights classes by the training data's "
+                             "counts: pass class_counts= or labels=")
         self.base_loss = base_loss
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -193,7 +197,8 @@ class WeightedLoss(nn.Module):
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
         logits, hard, bad_rows = self._checked(logits, targets)
         soft = targets.float() if targets.dim() == 2 else targets
-        losses, ce = base_and_input_losses(self.base_loss, logits.float(), soft)
+        losses, ce = base_and_input_losses(self.base_loss, logits.float(), soft,
+                                           self.weighting.data_class_counts)
         losses, ce = (torch.where(bad_rows, float("nan"), t) for t in (losses, ce))
         return self._reduce(losses, ce, hard, logits.shape[1], checked=True)
 
