@@ -138,11 +138,11 @@ def main() -> None:
     for target in args.targets:
         for bias in args.biases:
             cells = [cell_dir(args.runs, target, bias, s) for s in args.seeds]
-            first = [read_json(c / weighters[0] / "comparison.json") for c in cells]
+            runs = {w: [read_json(c / w / "comparison.json") for c in cells] for w in weighters}
+            first = runs[weighters[0]]
             rows = {b: mean_std([f["runs"][b]["test_acc"] for f in first]) for b in BASELINES}
             for weighter in weighters:
-                rows[weighter] = mean_std([read_json(c / weighter / "comparison.json")["runs"]["weighter"]
-                                           ["test_acc"] for c in cells])
+                rows[weighter] = mean_std([f["runs"]["weighter"]["test_acc"] for f in runs[weighter]])
             best = max(ROBUST, key=lambda b: rows[b]["mean"])
             picks = {rule: {"weighter": choice[bias],
                             "minus_ce": rows[choice[bias]]["mean"] - rows["ce"]["mean"],
@@ -151,9 +151,9 @@ def main() -> None:
             summary[f"{target} {bias}"] = {
                 "rows": rows, "picks": picks, "best_robust_baseline": best,
                 "best_weighter": max(weighters, key=lambda w: rows[w]["mean"]),
-                # where the cell's runs ran (a cell may be resumed on another machine)
+                # where the cell's runs ran (baselines and weighters may have run on other machines)
                 "devices": sorted({"cuda" if f["environment"].get("cuda") == "True" else "cpu"
-                                   for f in first}),
+                                   for w in weighters for f in runs[w]}),
             }
     result = {"machine": machine(), "seeds": args.seeds, "targets": {t: TARGETS[t] for t in args.targets},
               "biases": {b: BIASES[b] for b in args.biases}, "rules": rules, "weighters": weighters,
@@ -192,7 +192,8 @@ def record_in_zoo(result: dict) -> None:
 
 def markdown(result: dict) -> str:
     lines = [f"{machine_line(result['machine'])}; seeds {result['seeds']}; clean test accuracy (%) at "
-             "the last epoch, mean ± std; `weightzoo apply` defaults (2 plain-CE warm-up epochs, lr 0.1)."]
+             "the last epoch, mean ± std; `weightzoo apply` defaults (2 warm-up epochs of the plain "
+             "base loss, lr 0.1)."]
     for rule in result["rules"]:
         lines += ["", f"Rule {rule}:", "", "| cell | pick | pick acc | CE | best robust | pick − CE | "
                   "pick − best robust | best weighter |", "|---|---|---|---|---|---|---|---|"]

@@ -137,6 +137,25 @@ def test_multi_source_meta_training_on_cuda(amp: bool, tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-4)  # CUDA kernels may not be bit-deterministic
 
 
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_meta_training_over_class_balanced_ce_on_cuda(amp: bool) -> None:
+    data = prepare_data("digits", "longtail:20", seed=0, meta_per_class=10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    method = build_method("cmwnet", MetaWeightingConfig(base_loss="class-balanced", normalization="mean"))
+    method.bind(RunContext(10, data.meta_x, data.meta_y, seed=0))
+    trainer = Trainer(model, data.train, Schedule(epochs=3, batch_size=100, warmup_epochs=1, amp=amp),
+                      device="cuda", progress=False)
+    history = trainer.fit(method)
+    assert method.weighting.balance.device.type == "cuda"
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+    assert history[-1]["test_acc"] > 0.3 and history[-1]["meta_loss"] > 0
+    crit = WeightedLoss.for_data(method.weighter, class_counts=COUNTS, warmup_epochs=0).cuda()
+    logits = torch.randn(32, 10, device="cuda", requires_grad=True)
+    crit(logits, torch.randint(0, 10, (32,), device="cuda")).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
 def test_weighted_loss_and_strong_view_stay_on_the_device() -> None:
     crit = WeightedLoss.from_pretrained("cmwnet-fmnist-asym40", class_counts=COUNTS).cuda()
     logits = torch.randn(32, 10, device="cuda", requires_grad=True)

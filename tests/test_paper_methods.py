@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,9 +271,46 @@ def test_a_weighter_over_class_balanced_ce_balances_by_the_target_counts(
     assert not torch.allclose(balanced, ce)
     with pytest.raises(ValueError, match="class-balanced base loss .* pass class_counts= or labels="):
         WeightedLoss(weighter)
+    with pytest.raises(ValueError, match="class-balanced base loss .* pass class_counts= or labels="):
+        WeightedLoss.for_data(MWNet(base_loss="class-balanced"))  # MW-Net needs no families otherwise
+    # frozen training balances by the training set's counts, not by the source's
+    from types import SimpleNamespace
+
+    from weightzoo.methods.base import Batch
+
+    method = FrozenWeighting(weighter=weighter)
+    trainer = SimpleNamespace(global_class_counts=lambda: np.array(counts), device=torch.device("cpu"),
+                              model=lambda x: x)
+    method.setup(trainer)  # type: ignore[arg-type]
+    output = method.step(trainer, Batch(x=logits, y=y, index=torch.arange(32), epoch=1, iteration=0,  # type: ignore[arg-type]
+                                        lr=0.1, warmup=False))
+    torch.testing.assert_close(output.terms["ce"].losses, balanced)
     result = apply_weighter(str(class_balanced_weighter), tmp_path / "apply", dataset="digits",
                             bias="longtail:20", model={"name": "mlp", "hidden": [32]}, seed=1,
                             baselines=(), schedule=Schedule(epochs=2, warmup_epochs=1), progress=False)
     assert result["runs"]["weighter"]["test_acc"] > 0.3
     ckpt = torch.load(tmp_path / "apply" / "weighter" / "checkpoint.pt", weights_only=True)
     assert ckpt["run"]["method"] == "weighter:cmwnet:class-balanced"
+
+
+def test_meta_training_over_class_balanced_ce_weights_it_in_every_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from weightzoo.weighting.sample_weighting import SampleWeighting
+
+    calls: list[tuple[str, bool, bool]] = []
+    term = SampleWeighting.term
+
+    def spy(self: SampleWeighting, base_loss: str, *args: object, grad: bool = False, weighted: bool = True,
+            **kwargs: object) -> object:
+        assert self.balance is not None  # the training set's class-balanced weights
+        calls.append((base_loss, grad, weighted))
+        return term(self, base_loss, *args, grad=grad, weighted=weighted, **kwargs)
+
+    monkeypatch.setattr(SampleWeighting, "term", spy)
+    recipe = load_recipe("digits-longtail-mwnet", [*SHORT, "schedule.epochs=1",
+                                                   "method.base_loss=\"class-balanced\""])
+    train_recipe(recipe, tmp_path / "run", device="cpu", progress=False)
+    assert {base for base, _, _ in calls} == {"class-balanced"}
+    assert (("class-balanced", True, True) in calls  # the look-ahead
+            and ("class-balanced", False, True) in calls)  # the real step

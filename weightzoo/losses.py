@@ -150,15 +150,25 @@ def _sce(
     return alpha * ce + beta * rce
 
 
+def class_weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor
+) -> torch.Tensor:
+    """-sum_k t_k w_k log softmax(z)_k: logits (B, C), targets (B,) or soft (B, C), class
+    weights (C,) -> (B,) (the class-balanced loss, given its weights)."""
+    if class_weights.numel() != logits.shape[1]:
+        raise ValueError(f"{class_weights.numel()} class weights for {logits.shape[1]} classes")
+    t = _as_distribution(logits, targets)
+    return -(t * class_weights.to(logits) * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
 def _class_balanced(
     logits: torch.Tensor, targets: torch.Tensor,
     class_counts: Sequence[int] | torch.Tensor, beta: float = 0.9999,
 ) -> torch.Tensor:
-    weights = class_balanced_weights(class_counts, beta).to(logits)
+    weights = class_balanced_weights(class_counts, beta)
     if weights.numel() != logits.shape[1]:
         raise ValueError(f"{weights.numel()} class counts for {logits.shape[1]} classes")
-    t = _as_distribution(logits, targets)
-    return -(t * weights * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return class_weighted_cross_entropy(logits, targets, weights)
 
 
 def _poly_soft(

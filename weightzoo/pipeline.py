@@ -366,7 +366,8 @@ def apply_weighter(
     data, model, schedule and seed); returns the comparison and writes it to
     ``comparison.json``.  Every input is validated before anything is written; an
     ``out_dir`` holding a previous comparison needs ``resume`` or ``overwrite``. ``loss``:
-    the weighted loss (``auto``: the one the weighter was trained with, ``ce`` or ``sl``).
+    the weighted loss (``auto``: the one the weighter was trained with, or one of
+    ``weightzoo.weighting.nets.BASE_LOSSES``).
 
     ``regime = "partial"``: PRODEN runs once on the candidate sets (``out/proden``; it is the
     ``proden`` baseline), then the weighter and the other baselines train on its predicted

@@ -62,7 +62,8 @@ def weighting_meta_gradient(
     estimator: MetaGradientEstimator | None = None, keep_forward: bool = False,
     keep_gradient: bool = False,
 ) -> MetaGradient:
-    """dL^meta/dTheta for the weighter of ``weighting`` (Algorithm 1, steps 1-3).
+    """dL^meta/dTheta for the weighter of ``weighting`` (Algorithm 1, steps 1-3), its weights
+    multiplying the weighter's own base loss (CE for a soft-label weighter).
 
     x (B, ...), y (B,) a training batch; meta_x (M, ...), meta_y (M,) or (M, C) soft;
     keep_forward / keep_gradient: as :class:`~weightzoo.bilevel.estimators.BilevelProblem`'s.
@@ -71,8 +72,10 @@ def weighting_meta_gradient(
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the weighter has no trainable parameters to meta-learn")
+    base = weighting.weighter.config.base_loss
+    base = base if base in WEIGHTED_LOSSES else "ce"
     return (estimator or build_estimator("exact"))(BilevelProblem(
-        model=model, x=x, objective=weighting_objective(weighting, y), meta_x=meta_x, meta_y=meta_y,
+        model=model, x=x, objective=weighting_objective(weighting, y, base), meta_x=meta_x, meta_y=meta_y,
         meta_loss_fn=mean_cross_entropy, hyper_params=params, lr=lr, optimizer=optimizer,
         lookahead_config=lookahead_config or LookaheadConfig(), keep_forward=keep_forward,
         keep_gradient=keep_gradient,
@@ -132,8 +135,9 @@ class MetaWeightingConfig:
         real step follows the look-ahead's own gradient, i.e. weights from the weighter
         before this meta update; saves the real backward; needs ``reuse_forward``, one
         process, no autocast, and an estimator that steps every layer, not ``last-layer``);
-    base_loss: the per-sample loss the weights multiply: ``ce`` (the papers) or a robust
-        loss, ``gce`` / ``sce`` (defaults of ``weightzoo.losses``); the weighter reads each
+    base_loss: the per-sample loss the weights multiply: ``ce`` (the papers), a robust
+        loss, ``gce`` / ``sce`` (defaults of ``weightzoo.losses``), or ``class-balanced`` CE
+        (class weights from the counts of the data trained on); the weighter reads each
         sample's CE either way, and the meta loss stays CE on the meta set. Recorded in the
         artifact, so that frozen use weights the same loss;
     meta: the ``[meta]`` table.

@@ -2,8 +2,9 @@
 ``WeightedLoss`` in user code.
 
 It holds a weighter, the task families of the data being trained on (fitted on the whole
-training set's class counts — all ranks' shards under torchrun), the number of classes of
-that data (for the loss-input normalisation) and the weighter's normalisation mode.
+training set's class counts — all ranks' shards under torchrun), the class-balanced weights
+of those counts (for the ``class-balanced`` base loss), the number of classes of that data
+(for the loss-input normalisation) and the weighter's normalisation mode.
 Weights are computed in (at least) fp32 with autocast off, and a non-finite loss gets weight 0.
 """
 
@@ -15,20 +16,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from weightzoo.losses import per_sample_loss
+from weightzoo.losses import class_balanced_weights, class_weighted_cross_entropy, per_sample_loss
 from weightzoo.weighting.families import TaskFamilies
 from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
 from weightzoo.weighting.reduction import LossTerm, at_least_fp32, reduce_weighted
 
+NEEDS_COUNTS = ("the class-balanced base loss weights classes by the training data's counts: "
+                "pass class_counts= or labels=")
+
 
 def base_and_input_losses(
     base_loss: str, logits: torch.Tensor, targets: torch.Tensor,
-    class_counts: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the per-sample ``base_loss`` the weights multiply, the per-sample CE the weighter
     reads), both (B,), of logits (B, C) and targets (B,) or soft (B, C); one tensor twice
-    for ``ce``. ``class_counts`` (C,): the training data's per-class counts, which the
-    ``class-balanced`` base loss weights its classes by."""
+    for ``ce``. ``class_weights`` (C,): the ``class-balanced`` base loss's weights, from the
+    training data's class counts."""
     if base_loss not in WEIGHTED_LOSSES:
         raise ValueError(f"base loss {base_loss!r} is not one of {WEIGHTED_LOSSES}")
     ce = per_sample_loss("ce", logits, targets)
@@ -36,10 +40,9 @@ def base_and_input_losses(
         return ce, ce
     if base_loss != "class-balanced":
         return per_sample_loss(base_loss, logits, targets), ce
-    if class_counts is None:
-        raise ValueError("the class-balanced base loss needs the training data's class counts: "
-                         "pass class_counts= or labels=")
-    return per_sample_loss(base_loss, logits, targets, class_counts=class_counts), ce
+    if class_weights is None:
+        raise ValueError(NEEDS_COUNTS)
+    return class_weighted_cross_entropy(logits, targets, class_weights), ce
 
 
 class SampleWeighting(nn.Module):
@@ -69,9 +72,10 @@ class SampleWeighting(nn.Module):
         self.num_classes = num_classes or (families.num_classes if families is not None else None)
         table = families.family_of_class if families is not None else torch.zeros(0, dtype=torch.long)
         self.register_buffer("family_of_class", table.clone(), persistent=False)
-        # (C,) the data's class counts (a class-balanced base loss weights by them); empty without families
-        counts = torch.tensor(families.class_counts if families is not None else (), dtype=torch.float32)
-        self.register_buffer("class_counts", counts, persistent=False)
+        # (C,) class-balanced weights of the data's class counts (for that base loss); empty without families
+        balance = (class_balanced_weights(families.class_counts).float() if families is not None
+                   else torch.zeros(0))
+        self.register_buffer("class_weights", balance, persistent=False)
 
     @classmethod
     def fit(
@@ -83,10 +87,10 @@ class SampleWeighting(nn.Module):
         return cls(weighter, families, families.num_classes)
 
     @property
-    def data_class_counts(self) -> torch.Tensor | None:
-        """(C,) the class counts the families were fitted on, on the weighter's device; None
-        without families."""
-        return self.class_counts if self.class_counts.numel() else None
+    def balance(self) -> torch.Tensor | None:
+        """(C,) the class-balanced weights (Cui et al. 2019) of the class counts the families
+        were fitted on; None without families."""
+        return self.class_weights if self.class_weights.numel() else None
 
     @property
     def normalization(self) -> str:
@@ -131,7 +135,7 @@ class SampleWeighting(nn.Module):
         logits (B, C) and range-checked labels (B,), each sample weighted by the weighter at
         its *cross entropy* (the weighter's input whatever the base loss); ``weighted=False``:
         the plain mean (warm-up). ``grad``: weights differentiable w.r.t. the weighter."""
-        losses, ce = base_and_input_losses(base_loss, logits, targets, self.data_class_counts)
+        losses, ce = base_and_input_losses(base_loss, logits, targets, self.balance)
         if not weighted:
             return LossTerm(losses)
         weights = self.weights(ce.detach(), targets, grad=grad, checked=True)

@@ -1,8 +1,9 @@
 """``WeightedLoss``: a frozen weighter as a drop-in loss wrapper (CMW-Net Algorithm 3).
 
     crit = WeightedLoss.from_pretrained("cmwnet-fmnist-mixed", labels=train_labels)
-    loss = crit(logits, targets)            # the weighter's base loss per sample (CE, GCE or
-                                            # SCE), weighted at each sample's CE, normalised
+    loss = crit(logits, targets)            # the weighter's base loss per sample (CE, GCE, SCE
+                                            # or class-balanced CE), weighted at each sample's
+                                            # CE, normalised
     loss = crit.reduce_losses(per_sample_losses, classes)   # any per-sample loss
 
 Families are re-fitted by k-means on the *target* data's class counts; the loss input is
@@ -25,7 +26,7 @@ from weightzoo import distributed
 from weightzoo.weighting.families import TaskFamilies, class_counts, integer_labels
 from weightzoo.weighting.nets import WEIGHTED_LOSSES, CMWNet
 from weightzoo.weighting.reduction import total_loss
-from weightzoo.weighting.sample_weighting import SampleWeighting, base_and_input_losses
+from weightzoo.weighting.sample_weighting import NEEDS_COUNTS, SampleWeighting, base_and_input_losses
 from weightzoo.weighting.soft_labels import soft_label_terms
 
 NONFINITE_MODES = ("raise", "skip")
@@ -71,8 +72,7 @@ class WeightedLoss(nn.Module):
         if base_loss not in WEIGHTED_LOSSES:
             raise ValueError(f"base_loss must be one of {WEIGHTED_LOSSES}, got {base_loss!r}")
         if base_loss == "class-balanced" and families is None:
-            raise ValueError("the class-balanced base loss weights classes by the training data's "
-                             "counts: pass class_counts= or labels=")
+            raise ValueError(NEEDS_COUNTS)
         self.base_loss = base_loss
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -197,8 +197,7 @@ class WeightedLoss(nn.Module):
         """logits (B, C); targets (B,) class indices or (B, C) soft labels -> scalar."""
         logits, hard, bad_rows = self._checked(logits, targets)
         soft = targets.float() if targets.dim() == 2 else targets
-        losses, ce = base_and_input_losses(self.base_loss, logits.float(), soft,
-                                           self.weighting.data_class_counts)
+        losses, ce = base_and_input_losses(self.base_loss, logits.float(), soft, self.weighting.balance)
         losses, ce = (torch.where(bad_rows, float("nan"), t) for t in (losses, ce))
         return self._reduce(losses, ce, hard, logits.shape[1], checked=True)
 
