@@ -36,6 +36,7 @@ from benchmarks.common import (
     run_jobs,
     write_results,
 )
+from weightzoo.artifact.recommend import RULE, RULE_VERSION
 
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
              "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
@@ -62,8 +63,8 @@ RULES = {
              "lt50": "cmwnet-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
     # the same procedure once the CMW-Net over class-balanced CE joined (written down after its
     # MLP cells, before the zoo entry's held-out runs; a pre-zoo copy had run the long-tail ones)
-    "v0.7": {"sym40": "arl-gce-fmnist-multi", "asym40": "cmwnet-sl-fmnist-multi",
-             "lt50": "cmwnet-cb-fmnist-longtail", "lt50+sym40": "arl-gce-fmnist-sym40"},
+    # (the library's rule: ``weightzoo recommend BIAS``)
+    RULE_VERSION: dict(RULE.values()),
     # no bias declared: the multi-source entry (meta-trained on all four bias types at once),
     # fixed before any of its transfer runs
     "v0.5-one-entry": dict.fromkeys(("sym40", "asym40", "lt50", "lt50+sym40"), "cmwnet-fmnist-multi"),

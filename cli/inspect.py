@@ -1,4 +1,4 @@
-"""``weightzoo show``, ``plot`` and ``list``: look at weighters."""
+"""``weightzoo show``, ``plot``, ``list`` and ``recommend``: look at weighters, and pick one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import click
 from weightzoo.artifact import hub, zoo
 from weightzoo.artifact.curve import curve_table, plot_curves
 from weightzoo.artifact.format import CONFIG_NAME, read_config
+from weightzoo.artifact.recommend import RULE
+from weightzoo.artifact.recommend import recommend as recommend_entry
 from weightzoo.atomic import is_temporary
 
 
@@ -111,3 +113,28 @@ def _row(where: str, name: str, path: Path) -> dict:
     )
     return {"where": where, "name": name, "path": str(path), "kind": cfg.kind,
             "families": getattr(cfg, "num_families", None), "description": desc}
+
+
+@click.command()
+@click.argument("bias", type=click.Choice(list(RULE)))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def recommend(bias: str, as_json: bool) -> None:
+    """The shipped entry for a declared BIAS (the zoo's rule), and where it was measured
+    against CE and the best robust loss."""
+    pick = recommend_entry(bias)
+    if as_json:
+        click.echo(json.dumps(pick.to_dict(), indent=2))
+        return
+    load = "LearnedRobustLoss" if pick.kind == "learned loss" else "WeightedLoss"
+    click.echo(f"{bias} -> {pick.entry} ({pick.kind}; rule {pick.rule}): {load}.from_pretrained"
+               f"({pick.entry!r}, ...) or `weightzoo apply {pick.entry} ...`")
+    click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds):")
+    for c in pick.cells:
+        over_ce, over_robust = 100 * (c.acc - c.ce), 100 * (c.acc - c.best_robust_acc)
+        click.echo(f"  {c.cell:24} {100 * c.acc:6.2f}   CE {100 * c.ce:6.2f} ({over_ce:+.2f})   "
+                   f"{c.best_robust} {100 * c.best_robust_acc:6.2f} ({over_robust:+.2f})")
+    click.echo(f"beats CE in {pick.beats_ce} of {len(pick.cells)}; matches or beats the best robust loss "
+               f"in {pick.ahead_of_robust} of {len(pick.cells)}")
+    if pick.stronger_robust_loss:
+        click.echo(f"behind the best robust loss in most cells: the plain `{pick.stronger_robust_loss}` loss "
+                   "(weightzoo.per_sample_loss, or a --baseline) is as strong or stronger here")

@@ -9,7 +9,7 @@ import click
 
 from weightzoo.cli.apply import apply
 from weightzoo.cli.demo import demo
-from weightzoo.cli.inspect import list_cmd, plot, show
+from weightzoo.cli.inspect import list_cmd, plot, recommend, show
 from weightzoo.cli.push import push
 from weightzoo.cli.train import methods, recipes, train
 
@@ -44,7 +44,7 @@ def cli() -> None:
     """Learned sample-weighting functions (MW-Net, CMW-Net) for robust training."""
 
 
-for command in (demo, train, apply, push, show, plot, list_cmd, recipes, methods):
+for command in (demo, train, apply, push, show, plot, list_cmd, recommend, recipes, methods):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -94,3 +94,44 @@ def test_list_shows_the_zoo_with_descriptions() -> None:
     rows = {r["name"]: r for r in json.loads(listed.output)}
     for name in EXPECTED:
         assert rows[name]["where"] == "builtin" and rows[name]["description"]
+
+
+@pytest.mark.parametrize("bias", ["symmetric", "asymmetric", "longtail", "longtail+noise"])
+def test_recommend_picks_a_shipped_entry_with_its_measured_cells(bias: str) -> None:
+    from weightzoo import recommend
+    from weightzoo.artifact.recommend import RULE
+
+    pick = recommend(bias)
+    assert pick.entry in SHIPPED and pick.entry == RULE[bias][1]
+    assert pick.kind == ("learned loss" if pick.entry in LEARNED_LOSSES else "weighter")
+    recorded = load_pretrained(pick.entry).config.metadata["transfer"]["cells"]
+    # every target of the matrix, this bias only, as the card records them
+    assert len(pick.cells) == 4 and {c.cell.split(" ")[1] for c in pick.cells} == {RULE[bias][0]}
+    for cell in pick.cells:
+        assert cell.acc == recorded[cell.cell]["acc"] and cell.ce == recorded[cell.cell]["ce"]
+    assert pick.beats_ce == sum(c.acc > c.ce for c in pick.cells)
+    shown = CliRunner().invoke(cli, ["recommend", bias, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["entry"] == pick.entry
+    text = CliRunner().invoke(cli, ["recommend", bias]).output
+    assert pick.entry in text and f"beats CE in {pick.beats_ce} of 4" in text
+    assert ("plain `" in text) == (pick.stronger_robust_loss is not None)
+
+
+def test_recommend_names_the_robust_loss_that_wins_most_cells() -> None:
+    from weightzoo.artifact.recommend import MeasuredCell, Recommendation
+
+    def cells(*rows: tuple[float, str, float]) -> tuple[MeasuredCell, ...]:
+        return tuple(MeasuredCell(f"t{i} sym40", acc, 0.5, robust, best)
+                     for i, (acc, robust, best) in enumerate(rows))
+
+    behind = Recommendation("symmetric", "x", "weighter", "v", cells((0.8, "gce", 0.9), (0.8, "sce", 0.85),
+                                                                     (0.8, "gce", 0.81), (0.9, "gce", 0.8)))
+    assert behind.stronger_robust_loss == "gce" and behind.ahead_of_robust == 1 and behind.beats_ce == 4
+    level = Recommendation("symmetric", "x", "weighter", "v", cells((0.8, "gce", 0.9), (0.9, "sce", 0.9)))
+    assert level.stronger_robust_loss is None  # behind in half the cells only
+    with pytest.raises(ValueError, match="unknown bias 'pair'; declare one of symmetric"):
+        from weightzoo import recommend
+
+        recommend("pair")
+    assert CliRunner().invoke(cli, ["recommend", "pair"]).exit_code == 2

@@ -17,6 +17,7 @@ from weightzoo.artifact.format import (
     validate_artifact,
 )
 from weightzoo.artifact.hub import WeighterNotFoundError, load_pretrained, push_to_hub, resolve
+from weightzoo.artifact.recommend import Recommendation, recommend
 from weightzoo.bilevel.estimators import (
     BilevelProblem,
     MetaGradient,
@@ -68,7 +69,7 @@ __all__ = [
     "FrozenWeighting", "LookaheadConfig", "LossTerm", "MWNet", "MetaConfig", "MetaGradient",
     "MetaGradientEstimator", "MetaWeighting", "MetaWeightingConfig", "Method", "MethodSpec",
     "PlainLoss", "Proden", "ProdenConfig", "Provenance", "RegimeSection",
-    "Recipe", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
+    "Recipe", "Recommendation", "RunContext", "SampleWeighting", "Schedule", "StepOutput",
     "TaskFamilies", "Trainer", "TrainingSet", "EpochRun", "fit_jointly", "WeightedLoss",
     "WeighterConfig", "WeighterFileError",
     "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
@@ -77,7 +78,7 @@ __all__ = [
     "inject_bias", "list_datasets",
     "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",
     "lookahead_step", "LookaheadStep",
-    "method_names", "method_spec", "per_sample_loss", "prepare_data", "push_to_hub",
+    "method_names", "method_spec", "recommend", "per_sample_loss", "prepare_data", "push_to_hub",
     "reduce_weighted", "register_estimator", "register_method", "resolve", "save_artifact",
     "total_loss", "train_recipe", "train_with_baselines", "validate_artifact",
 ]
