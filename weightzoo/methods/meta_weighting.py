@@ -72,10 +72,9 @@ def weighting_meta_gradient(
     params = [p for p in weighting.weighter.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the weighter has no trainable parameters to meta-learn")
-    base = weighting.weighter.config.base_loss
-    base = base if base in WEIGHTED_LOSSES else "ce"
+    objective = weighting_objective(weighting, y, weighting.weighter.config.weighted_loss)
     return (estimator or build_estimator("exact"))(BilevelProblem(
-        model=model, x=x, objective=weighting_objective(weighting, y, base), meta_x=meta_x, meta_y=meta_y,
+        model=model, x=x, objective=objective, meta_x=meta_x, meta_y=meta_y,
         meta_loss_fn=mean_cross_entropy, hyper_params=params, lr=lr, optimizer=optimizer,
         lookahead_config=lookahead_config or LookaheadConfig(), keep_forward=keep_forward,
         keep_gradient=keep_gradient,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import torch
 
-from weightzoo.losses import per_sample_loss
+from weightzoo.losses import class_balanced_weights, class_weighted_cross_entropy, per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.reduction import LossTerm
@@ -66,16 +66,19 @@ class PlainLoss(Method):
     def __init__(self, loss: str = "ce", **params: Any) -> None:
         self.loss, self.params = loss, params
         self.name = loss
-        self.counts: np.ndarray | None = None
+        self.class_weights: torch.Tensor | None = None
 
     def setup(self, trainer: Trainer) -> None:
-        if self.loss == "class-balanced":
-            self.counts = trainer.global_class_counts()
+        if self.loss == "class-balanced":  # (C,) once, on the device, from the whole training set
+            weights = class_balanced_weights(trainer.global_class_counts(), **self.params)
+            self.class_weights = weights.float().to(trainer.device)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
         logits = trainer.model(batch.x).float()
-        extra = {"class_counts": self.counts} if self.counts is not None else {}
-        losses = per_sample_loss(self.loss, logits, batch.y, **extra, **self.params)
+        if self.class_weights is not None:
+            losses = class_weighted_cross_entropy(logits, batch.y, self.class_weights)
+        else:
+            losses = per_sample_loss(self.loss, logits, batch.y, **self.params)
         return StepOutput({self.loss: LossTerm(losses)})
 
 

@@ -87,6 +87,11 @@ class WeighterConfig(DictRecord):
         if self.source_num_classes < 1:
             raise ValueError("source_num_classes must be >= 1")
 
+    @property
+    def weighted_loss(self) -> str:
+        """The per-sample loss a plain weighted term multiplies: ``base_loss``, or CE for a
+        soft-label weighter (whose own loss takes a teacher's soft labels too)."""
+        return self.base_loss if self.base_loss in WEIGHTED_LOSSES else "ce"
 
 
 def loss_input_scale(input_norm: str, num_classes: int) -> float:

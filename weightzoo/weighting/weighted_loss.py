@@ -68,7 +68,7 @@ class WeightedLoss(nn.Module):
     ) -> None:
         super().__init__()
         if base_loss is None:
-            base_loss = weighter.config.base_loss if weighter.config.base_loss in WEIGHTED_LOSSES else "ce"
+            base_loss = weighter.config.weighted_loss
         if base_loss not in WEIGHTED_LOSSES:
             raise ValueError(f"base_loss must be one of {WEIGHTED_LOSSES}, got {base_loss!r}")
         if base_loss == "class-balanced" and families is None:
