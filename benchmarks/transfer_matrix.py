@@ -36,7 +36,7 @@ from benchmarks.common import (
     run_jobs,
     write_results,
 )
-from weightzoo.artifact.recommend import RULE, RULE_VERSION
+from weightzoo.artifact.recommend import DEFERRED, RULE, RULE_VERSION
 
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
              "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
@@ -45,6 +45,11 @@ WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtai
              "cmwnet-cb-fmnist-longtail"]
 BIASES = {"sym40": "symmetric:0.4", "asym40": "asymmetric:0.4", "lt50": "longtail:50",
           "lt50+sym40": "longtail:50+symmetric:0.4"}
+# a --weighters suffix: the entry applied with deferred re-balancing (``--rebalance deferred``,
+# DRW); the first such entry also trains these baselines with it ("drw-ce", ...; class-balanced
+# CE balances already)
+DRW = "+drw"
+DRW_BASELINES = ["ce", "gce", "sce"]
 # the declared bias -> the weighter a user picks
 RULES = {
     "v0.3": {"sym40": "mwnet-fmnist-sym40", "asym40": "cmwnet-fmnist-asym40",
@@ -64,7 +69,8 @@ RULES = {
     # the same procedure once the CMW-Net over class-balanced CE joined (written down after its
     # MLP cells, before the zoo entry's held-out runs; a pre-zoo copy had run the long-tail ones)
     # (the library's rule: ``weightzoo recommend BIAS``)
-    RULE_VERSION: dict(RULE.values()),
+    RULE_VERSION: {bias: entry + (DRW if rebalance == "deferred" else "")
+                   for bias, entry, rebalance in RULE.values()},
     # no bias declared: the multi-source entry (meta-trained on all four bias types at once),
     # fixed before any of its transfer runs
     "v0.5-one-entry": dict.fromkeys(("sym40", "asym40", "lt50", "lt50+sym40"), "cmwnet-fmnist-multi"),
@@ -82,7 +88,11 @@ TARGETS = {  # name -> (dataset, model, epochs)
 def weighter_name(value: str) -> tuple[str, str]:
     """A ``--weighters`` value as (its name in the tables, what ``weightzoo apply`` loads):
     a shipped entry by name, or a weighter directory named by its last component, which must
-    not be a shipped entry's or a baseline's name (their runs and rows would be taken)."""
+    not be a shipped entry's or a baseline's name (their runs and rows would be taken); either
+    with the suffix ``+drw`` (applied with deferred re-balancing)."""
+    if value.endswith(DRW):
+        name, source = weighter_name(value.removesuffix(DRW))
+        return name + DRW, source
     if value in WEIGHTERS:
         return value, value
     if not (Path(value) / "config.json").is_file():
@@ -122,6 +132,9 @@ def main() -> None:
     sources = dict(args.weighters)  # name -> what `weightzoo apply` loads
     weighters = list(sources)
     rules = {r: choice for r, choice in RULES.items() if set(choice.values()) <= set(weighters)}
+    first_drw = next((w for w in weighters if w.endswith(DRW)), None)  # trains the DRW baselines
+    if weighters[0] == first_drw:
+        raise SystemExit("the first --weighters entry trains the plain baselines: it cannot be a +drw one")
     jobs = []
     for target in args.targets:
         dataset, model, epochs = TARGETS[target]
@@ -130,6 +143,9 @@ def main() -> None:
                 cell = cell_dir(args.runs, target, bias, seed)
                 for i, weighter in enumerate(weighters):  # the first also trains the baselines
                     extra = [x for b in BASELINES for x in ("--baseline", b)] if i == 0 else []
+                    if weighter.endswith(DRW):
+                        trains = DRW_BASELINES if weighter == first_drw else []
+                        extra = ["--rebalance", "deferred", *(x for b in trains for x in ("--baseline", b))]
                     jobs.append((["apply", sources[weighter], "--data", dataset, "--model", model, "--epochs",
                                   str(epochs), "--bias", BIASES[bias], "--seed", str(seed),
                                   "--out", str(cell / weighter), *extra],
@@ -142,15 +158,22 @@ def main() -> None:
             runs = {w: [read_json(c / w / "comparison.json") for c in cells] for w in weighters}
             first = runs[weighters[0]]
             rows = {b: mean_std([f["runs"][b]["test_acc"] for f in first]) for b in BASELINES}
+            if first_drw is not None:
+                rows.update({f"drw-{b}": mean_std([f["runs"][b]["test_acc"] for f in runs[first_drw]])
+                             for b in DRW_BASELINES})
             for weighter in weighters:
                 rows[weighter] = mean_std([f["runs"]["weighter"]["test_acc"] for f in runs[weighter]])
             best = max(ROBUST, key=lambda b: rows[b]["mean"])
+            best_drw = (max((f"drw-{b}" for b in DRW_BASELINES), key=lambda b: rows[b]["mean"])
+                        if first_drw else None)
             picks = {rule: {"weighter": choice[bias],
                             "minus_ce": rows[choice[bias]]["mean"] - rows["ce"]["mean"],
-                            "minus_best_robust": rows[choice[bias]]["mean"] - rows[best]["mean"]}
+                            "minus_best_robust": rows[choice[bias]]["mean"] - rows[best]["mean"],
+                            **({"minus_best_drw": rows[choice[bias]]["mean"] - rows[best_drw]["mean"]}
+                               if best_drw else {})}
                      for rule, choice in rules.items()}
             summary[f"{target} {bias}"] = {
-                "rows": rows, "picks": picks, "best_robust_baseline": best,
+                "rows": rows, "picks": picks, "best_robust_baseline": best, "best_drw_baseline": best_drw,
                 "best_weighter": max(weighters, key=lambda w: rows[w]["mean"]),
                 # where the cell's runs ran (baselines and weighters may have run on other machines)
                 "devices": sorted({"cuda" if f["environment"].get("cuda") == "True" else "cpu"
@@ -158,7 +181,7 @@ def main() -> None:
             }
     result = {"machine": machine(), "seeds": args.seeds, "targets": {t: TARGETS[t] for t in args.targets},
               "biases": {b: BIASES[b] for b in args.biases}, "rules": rules, "weighters": weighters,
-              "baselines": BASELINES,
+              "baselines": BASELINES + ([f"drw-{b}" for b in DRW_BASELINES] if first_drw else []),
               "command": "python -m benchmarks.transfer_matrix " + " ".join(sys.argv[1:]), "summary": summary}
     write_results(args.results, result, markdown)
     heat_map(result, args.results.with_suffix(".png"))
@@ -173,16 +196,19 @@ def record_in_zoo(result: dict) -> None:
     from weightzoo.artifact.format import Provenance, load_artifact, save_artifact
     from weightzoo.atomic import atomic_write
 
-    for name in (w for w in result["weighters"] if w in WEIGHTERS):  # shipped entries only
-        directory = hub.builtin_root() / name
+    for name in (w for w in result["weighters"] if w.removesuffix(DRW) in WEIGHTERS):  # shipped entries only
+        directory = hub.builtin_root() / name.removesuffix(DRW)
         artifact = load_artifact(directory)
         meta = Provenance.from_metadata(artifact.config.metadata)
         cells = dict(meta.transfer.get("cells", {}))
         for cell, row in result["summary"].items():
-            best = row["best_robust_baseline"]
-            cells[cell] = {"acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
-                           "best_robust": best, "best_robust_acc": row["rows"][best]["mean"],
-                           "devices": row["devices"]}
+            best, best_drw = row["best_robust_baseline"], row.get("best_drw_baseline")
+            key = cell + (f" {DEFERRED}" if name.endswith(DRW) else "")
+            cells[key] = {"acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
+                          "best_robust": best, "best_robust_acc": row["rows"][best]["mean"],
+                          "devices": row["devices"],
+                          **({"best_drw": best_drw, "best_drw_acc": row["rows"][best_drw]["mean"]}
+                             if best_drw else {})}
         meta.transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": result["machine"]["date_utc"],
                          "seeds": result["seeds"], "cells": cells}
         artifact.config.metadata = meta.to_metadata()
@@ -192,19 +218,26 @@ def record_in_zoo(result: dict) -> None:
 
 
 def markdown(result: dict) -> str:
+    drw = any(row.get("best_drw_baseline") for row in result["summary"].values())
     lines = [f"{machine_line(result['machine'])}; seeds {result['seeds']}; clean test accuracy (%) at "
-             "the last epoch, mean ± std; `weightzoo apply` defaults (2 warm-up epochs of the plain "
-             "base loss, lr 0.1)."]
+             "the last epoch, mean ± std; `weightzoo apply` defaults (a weighter: 2 warm-up epochs of "
+             "its plain base loss; a learned loss: none; lr 0.1)"
+             + ("; `+drw`: applied with `--rebalance deferred`, as the `drw-*` baselines are" if drw else "")
+             + "."]
     for rule in result["rules"]:
         lines += ["", f"Rule {rule}:", "", "| cell | pick | pick acc | CE | best robust | pick − CE | "
-                  "pick − best robust | best weighter |", "|---|---|---|---|---|---|---|---|"]
+                  "pick − best robust | best weighter |" + (" pick − best DRW baseline |" if drw else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if drw else "")]
         for cell, row in result["summary"].items():
             cell = f"{cell} ({'+'.join(row['devices'])})" if "devices" in row else cell
             rows, pick, best = row["rows"], row["picks"][rule], row["best_robust_baseline"]
             top, name = row["best_weighter"], pick["weighter"]
-            lines.append(f"| {cell} | {name} | {pm(rows[name])} | {pm(rows['ce'])} | {best} {pm(rows[best])} "
-                         f"| {100 * pick['minus_ce']:+.2f} | {100 * pick['minus_best_robust']:+.2f} | "
-                         f"{top} {pm(rows[top])} |")
+            line = (f"| {cell} | {name} | {pm(rows[name])} | {pm(rows['ce'])} | {best} {pm(rows[best])} "
+                    f"| {100 * pick['minus_ce']:+.2f} | {100 * pick['minus_best_robust']:+.2f} | "
+                    f"{top} {pm(rows[top])} |")
+            if drw:
+                line += f" {row['best_drw_baseline']} {100 * pick['minus_best_drw']:+.2f} |"
+            lines.append(line)
     lines += ["", "Every weighter and baseline per cell (test accuracy %, mean ± std):", "",
               "| cell | " + " | ".join(result["baselines"] + result["weighters"]) + " |",
               "|---|" + "---|" * (len(result["baselines"]) + len(result["weighters"]))]

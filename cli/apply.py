@@ -9,7 +9,7 @@ import click
 from weightzoo.cli import options
 from weightzoo.cli.train import ACC_COLUMNS
 from weightzoo.partial_regime import APPLY_REGIMES
-from weightzoo.training.engine import Schedule
+from weightzoo.training.engine import REBALANCE_MODES, Schedule
 from weightzoo.weighting.nets import BASE_LOSSES
 
 
@@ -39,7 +39,12 @@ def default_warmup(epochs: int) -> int:
 @click.option("--milestones", default=None, help="Epochs where the lr drops 10x, e.g. 10,15 "
               "(default: 2/3 and 5/6 of the epochs).")
 @click.option("--warmup-epochs", type=int, default=None,
-              help="Plain-CE epochs before weighting starts (default: 2, fewer when --epochs < 3).")
+              help="Plain-CE epochs before a weighter's weighting starts (default: 2, fewer when "
+                   "--epochs < 3). A learned loss trains with its loss from the first step.")
+@click.option("--rebalance", type=click.Choice(REBALANCE_MODES), default="none", show_default=True,
+              help="deferred: from the first milestone, weight every run's losses (the weighter's "
+                   "and the baselines') by their labels' class-balanced weights (DRW, Cao et al. "
+                   "2019), for long-tailed data.")
 @click.option("--augment", is_flag=True, help="Random crop + flip (images >= 28 px).")
 @click.option("--revision", default=None, help="Hub revision of WEIGHTER.")
 @click.option("--loss", type=click.Choice(["auto", *BASE_LOSSES]), default="auto", show_default=True,
@@ -64,7 +69,7 @@ def default_warmup(epochs: int) -> int:
 @options.run_options
 def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_name: str,
           epochs: int, batch_size: int, lr: float, milestones: str | None, warmup_epochs: int | None,
-          augment: bool, revision: str | None, loss: str, regime: str, labeled_per_class: int,
+          rebalance: str, augment: bool, revision: str | None, loss: str, regime: str, labeled_per_class: int,
           out: Path, resume: bool,
           overwrite: bool, weights_report: bool, baselines: tuple[str, ...], device: str, seed: int | None,
           as_json: bool, no_progress: bool, threads: int | None) -> None:
@@ -80,7 +85,7 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
     if warmup_epochs is None:
         warmup_epochs = default_warmup(epochs)
     schedule = Schedule(epochs=epochs, batch_size=batch_size, lr=lr, milestones=steps,
-                        warmup_epochs=warmup_epochs, augment=augment)
+                        warmup_epochs=warmup_epochs, rebalance=rebalance, augment=augment)
     result = apply_weighter(
         weighter, out, dataset=dataset, bias=bias, model={"name": model_name}, schedule=schedule,
         seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,

@@ -126,13 +126,20 @@ def recommend(bias: str, as_json: bool) -> None:
         click.echo(json.dumps(pick.to_dict(), indent=2))
         return
     load = "LearnedRobustLoss" if pick.kind == "learned loss" else "WeightedLoss"
+    deferred = pick.rebalance == "deferred"
     click.echo(f"{bias} -> {pick.entry} ({pick.kind}; rule {pick.rule}): {load}.from_pretrained"
-               f"({pick.entry!r}, ...) or `weightzoo apply {pick.entry} ...`")
+               f"({pick.entry!r}, ...) or `weightzoo apply {pick.entry}"
+               f"{' --rebalance deferred' if deferred else ''} ...`")
+    if deferred:
+        click.echo("  with deferred re-balancing: from the first lr drop, weight each sample's loss by its "
+                   "class's class-balanced weight (weightzoo.losses.class_balanced_weights of your counts)")
     click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds):")
     for c in pick.cells:
         over_ce, over_robust = 100 * (c.acc - c.ce), 100 * (c.acc - c.best_robust_acc)
-        click.echo(f"  {c.cell:24} {100 * c.acc:6.2f}   CE {100 * c.ce:6.2f} ({over_ce:+.2f})   "
-                   f"{c.best_robust} {100 * c.best_robust_acc:6.2f} ({over_robust:+.2f})")
+        drw = "" if c.best_drw is None else f"   {c.best_drw} {100 * c.best_drw_acc:6.2f} " \
+            f"({100 * (c.acc - c.best_drw_acc):+.2f})"
+        click.echo(f"  {c.cell:33} {100 * c.acc:6.2f}   CE {100 * c.ce:6.2f} ({over_ce:+.2f})   "
+                   f"{c.best_robust} {100 * c.best_robust_acc:6.2f} ({over_robust:+.2f}){drw}")
     click.echo(f"beats CE in {pick.beats_ce} of {len(pick.cells)}; matches or beats the best robust loss "
                f"in {pick.ahead_of_robust} of {len(pick.cells)}")
     if pick.stronger_robust_loss:

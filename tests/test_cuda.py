@@ -156,6 +156,22 @@ def test_meta_training_over_class_balanced_ce_on_cuda(amp: bool) -> None:
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_deferred_rebalancing_of_a_learned_loss_on_cuda(amp: bool) -> None:
+    from weightzoo import LearnedRobustLoss
+    from weightzoo.methods.frozen import FrozenLoss
+
+    data = prepare_data("digits", "longtail:20+symmetric:0.4", seed=0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    schedule = Schedule(epochs=3, batch_size=100, milestones=[2], rebalance="deferred", amp=amp)
+    trainer = Trainer(model, data.train, schedule, device="cuda", progress=False)
+    history = trainer.fit(FrozenLoss(loss=LearnedRobustLoss.from_pretrained("arl-gce-fmnist-sym40")))
+    assert trainer.class_weights.device.type == "cuda"
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+    assert history[-1]["test_acc"] > 0.3
+
+
 def test_weighted_loss_and_strong_view_stay_on_the_device() -> None:
     crit = WeightedLoss.from_pretrained("cmwnet-fmnist-asym40", class_counts=COUNTS).cuda()
     logits = torch.randn(32, 10, device="cuda", requires_grad=True)

@@ -280,7 +280,8 @@ def test_a_weighter_over_class_balanced_ce_balances_by_the_target_counts(
 
     method = FrozenWeighting(weighter=weighter)
     trainer = SimpleNamespace(global_class_counts=lambda: np.array(counts), device=torch.device("cpu"),
-                              model=lambda x: x)
+                              model=lambda x: x, schedule=Schedule(epochs=2),
+                              rebalanced=lambda losses, batch: losses)
     method.setup(trainer)  # type: ignore[arg-type]
     output = method.step(trainer, Batch(x=logits, y=y, index=torch.arange(32), epoch=1, iteration=0,  # type: ignore[arg-type]
                                         lr=0.1, warmup=False))

@@ -105,8 +105,11 @@ def test_recommend_picks_a_shipped_entry_with_its_measured_cells(bias: str) -> N
     assert pick.entry in SHIPPED and pick.entry == RULE[bias][1]
     assert pick.kind == ("learned loss" if pick.entry in LEARNED_LOSSES else "weighter")
     recorded = load_pretrained(pick.entry).config.metadata["transfer"]["cells"]
-    # every target of the matrix, this bias only, as the card records them
+    # every target of the matrix, this bias only, applied as the rule says, as the card records them
     assert len(pick.cells) == 4 and {c.cell.split(" ")[1] for c in pick.cells} == {RULE[bias][0]}
+    assert pick.rebalance == RULE[bias][2]
+    assert all(c.cell.endswith(" deferred") == (pick.rebalance == "deferred") for c in pick.cells)
+    assert all((c.best_drw is not None) == (pick.rebalance == "deferred") for c in pick.cells)
     for cell in pick.cells:
         assert cell.acc == recorded[cell.cell]["acc"] and cell.ce == recorded[cell.cell]["ce"]
     assert pick.beats_ce == sum(c.acc > c.ce for c in pick.cells)
@@ -115,6 +118,7 @@ def test_recommend_picks_a_shipped_entry_with_its_measured_cells(bias: str) -> N
     assert json.loads(shown.output)["entry"] == pick.entry
     text = CliRunner().invoke(cli, ["recommend", bias]).output
     assert pick.entry in text and f"beats CE in {pick.beats_ce} of 4" in text
+    assert ("--rebalance deferred" in text) == (pick.rebalance == "deferred")
     assert ("plain `" in text) == (pick.stronger_robust_loss is not None)
 
 
@@ -125,10 +129,12 @@ def test_recommend_names_the_robust_loss_that_wins_most_cells() -> None:
         return tuple(MeasuredCell(f"t{i} sym40", acc, 0.5, robust, best)
                      for i, (acc, robust, best) in enumerate(rows))
 
-    behind = Recommendation("symmetric", "x", "weighter", "v", cells((0.8, "gce", 0.9), (0.8, "sce", 0.85),
-                                                                     (0.8, "gce", 0.81), (0.9, "gce", 0.8)))
+    behind = Recommendation("symmetric", "x", "weighter", "v", "none",
+                            cells((0.8, "gce", 0.9), (0.8, "sce", 0.85), (0.8, "gce", 0.81),
+                                  (0.9, "gce", 0.8)))
     assert behind.stronger_robust_loss == "gce" and behind.ahead_of_robust == 1 and behind.beats_ce == 4
-    level = Recommendation("symmetric", "x", "weighter", "v", cells((0.8, "gce", 0.9), (0.9, "sce", 0.9)))
+    level = Recommendation("symmetric", "x", "weighter", "v", "none",
+                           cells((0.8, "gce", 0.9), (0.9, "sce", 0.9)))
     assert level.stronger_robust_loss is None  # behind in half the cells only
     with pytest.raises(ValueError, match="unknown bias 'pair'; declare one of symmetric"):
         from weightzoo import recommend

@@ -32,7 +32,7 @@ from weightzoo.bilevel.metaset import MetaSet, MetaSetConfig, VirtualStepConfig
 from weightzoo.data.bias import BiasSpec, inject_bias
 from weightzoo.data.partial import candidate_sets, check_candidates
 from weightzoo.data.sources import DataSplits, list_datasets, load_dataset
-from weightzoo.losses import LOSS_NAMES, per_sample_loss
+from weightzoo.losses import LOSS_NAMES, class_balanced_weights, per_sample_loss
 from weightzoo.methods.base import Batch, Method, RunContext, StepOutput
 from weightzoo.methods.bilevel import BilevelMethod
 from weightzoo.methods.fixmatch import (
@@ -73,7 +73,7 @@ __all__ = [
     "TaskFamilies", "Trainer", "TrainingSet", "EpochRun", "fit_jointly", "WeightedLoss",
     "WeighterConfig", "WeighterFileError",
     "WeighterNotFoundError", "apply_weighter", "build_estimator", "build_method", "build_model",
-    "build_weighter", "candidate_sets", "check_candidates", "class_counts", "estimator_names",
+    "build_weighter", "candidate_sets", "class_balanced_weights", "check_candidates", "class_counts", "estimator_names",
     "fixmatch_unlabeled_loss", "strong_view", "threshold_mask",
     "inject_bias", "list_datasets",
     "list_models", "load_artifact", "load_dataset", "load_pretrained", "load_recipe", "lookahead",

@@ -32,6 +32,7 @@ from weightzoo.data.sources import DataSplits, load_dataset
 from weightzoo.methods.base import Method, RunContext, TrainedArtifact
 from weightzoo.methods.fixmatch import FixMatch, FixMatchConfig, labeled_split
 from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
+from weightzoo.methods.plain import refuse_double_balance
 from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
@@ -406,7 +407,14 @@ def apply_weighter(
     def baseline(name: str) -> Method:
         return FixMatch(semi) if regime == "fixmatch" else build_method(name)
 
-    frozen()  # refuses a loss the weighter cannot take, before any work
+    runner = frozen()  # refuses a loss the weighter cannot take, before any work
+    if schedule.rebalance != "none":
+        if regime != "supervised":
+            raise ValueError(f"schedule.rebalance = {schedule.rebalance!r} is for supervised training, "
+                             f"not the {regime} regime")
+        for loss_name in (getattr(runner, "loss", None), *baselines):
+            if isinstance(loss_name, str):
+                refuse_double_balance(loss_name, schedule)
     is_loss = isinstance(weighter, LearnedRobustLoss)  # a learned loss gives no sample weights
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)

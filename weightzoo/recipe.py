@@ -7,7 +7,9 @@
     [method]      name = any registered method (``weightzoo methods``) + that method's keys
     [method.meta] meta-learning options of a meta method (``[meta]`` at the top level is
                   the same table, as recipes before 0.2 wrote it)
-    [schedule]    epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs
+    [schedule]    epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, warmup_epochs,
+                  rebalance ("none" or "deferred": DRW from the first milestone; plain losses
+                  and frozen artifacts only)
     [regime]      name = "supervised" (default) or "partial" (PRODEN, then [method] on its
                   predicted labels; ``weightzoo.partial_regime``), proden_weighter
     [[sources]]   more data sets, keys as [data] (multi-source training: a model per source,

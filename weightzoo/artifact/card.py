@@ -107,14 +107,21 @@ def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:
 
 def _transfer_table(transfer: dict[str, Any]) -> str:
     """The transfer record as a markdown table: where the entry helped and where it did not."""
+    drw = any("best_drw" in row for row in transfer["cells"].values())
     lines = [f"From `{transfer['benchmark']}` ({transfer['date']}, seeds {transfer['seeds']}; test "
-             "accuracy %, mean over seeds; `weightzoo apply` defaults):", "",
-             "| target, bias | this entry | CE | best robust loss | vs CE | vs best robust |",
-             "|---|---:|---:|---|---:|---:|"]
+             "accuracy %, mean over seeds; `weightzoo apply` defaults"
+             + ("; cells marked `deferred` ran with `--rebalance deferred`, its baselines too "
+                "(`drw-*`)" if drw else "") + "):", "",
+             "| target, bias | this entry | CE | best robust loss | vs CE | vs best robust |"
+             + (" best DRW baseline |" if drw else ""),
+             "|---|---:|---:|---|---:|---:|" + ("---|" if drw else "")]
     for cell, row in transfer["cells"].items():
-        lines.append(f"| {cell} | {100 * row['acc']:.2f} | {100 * row['ce']:.2f} | {row['best_robust']} "
-                     f"{100 * row['best_robust_acc']:.2f} | {100 * (row['acc'] - row['ce']):+.2f} | "
-                     f"{100 * (row['acc'] - row['best_robust_acc']):+.2f} |")
+        line = (f"| {cell} | {100 * row['acc']:.2f} | {100 * row['ce']:.2f} | {row['best_robust']} "
+                f"{100 * row['best_robust_acc']:.2f} | {100 * (row['acc'] - row['ce']):+.2f} | "
+                f"{100 * (row['acc'] - row['best_robust_acc']):+.2f} |")
+        if drw:
+            line += (f" {row['best_drw']} {100 * row['best_drw_acc']:.2f} |" if "best_drw" in row else " |")
+        lines.append(line)
     return "\n".join(lines)
 
 

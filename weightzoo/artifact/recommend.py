@@ -16,14 +16,17 @@ from typing import Any
 from weightzoo.artifact import hub
 from weightzoo.artifact.format import Provenance, read_config
 
-RULE_VERSION = "v0.7"
-# declared bias -> (the transfer-matrix bias its cells are recorded under, the zoo entry)
-RULE: dict[str, tuple[str, str]] = {
-    "symmetric": ("sym40", "arl-gce-fmnist-multi"),
-    "asymmetric": ("asym40", "cmwnet-sl-fmnist-multi"),
-    "longtail": ("lt50", "cmwnet-cb-fmnist-longtail"),
-    "longtail+noise": ("lt50+sym40", "arl-gce-fmnist-sym40"),
+RULE_VERSION = "v0.8"
+# declared bias -> (the transfer-matrix bias its cells are recorded under, the zoo entry, how it
+# is applied: ``Schedule.rebalance``, "none" or "deferred")
+RULE: dict[str, tuple[str, str, str]] = {
+    "symmetric": ("sym40", "arl-gce-fmnist-multi", "none"),
+    "asymmetric": ("asym40", "cmwnet-sl-fmnist-multi", "none"),
+    "longtail": ("lt50", "cmwnet-cb-fmnist-longtail", "none"),
+    "longtail+noise": ("lt50+sym40", "arl-gce-fmnist-sym40", "deferred"),
 }
+# the suffix of a card's cells measured with ``rebalance = "deferred"`` ("digits-mlp lt50 deferred")
+DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,23 @@ class MeasuredCell:
     ce: float
     best_robust: str
     best_robust_acc: float
+    # the best of the baselines re-balanced the same way (``drw-ce``, ...), where the cell was
+    # measured with deferred re-balancing
+    best_drw: str | None = None
+    best_drw_acc: float | None = None
 
 
 @dataclass(frozen=True)
 class Recommendation:
     """The entry the rule picks for ``bias``; ``kind``: ``weighter`` (load with
-    ``WeightedLoss.from_pretrained``) or ``learned loss`` (``LearnedRobustLoss``)."""
+    ``WeightedLoss.from_pretrained``) or ``learned loss`` (``LearnedRobustLoss``);
+    ``rebalance``: train with ``Schedule.rebalance`` set to it (``apply --rebalance``)."""
 
     bias: str
     entry: str
     kind: str
     rule: str
+    rebalance: str
     cells: tuple[MeasuredCell, ...]
 
     @property
@@ -75,12 +84,14 @@ def recommend(bias: str) -> Recommendation:
     """The shipped entry for a declared ``bias`` (one of ``RULE``) and its measured cells."""
     if bias not in RULE:
         raise ValueError(f"unknown bias {bias!r}; declare one of {', '.join(RULE)}")
-    matrix_bias, entry = RULE[bias]
+    matrix_bias, entry, rebalance = RULE[bias]
     config = read_config(hub.builtin_root() / entry)
     recorded = Provenance.from_metadata(config.metadata).transfer.get("cells", {})
+    measured_as = matrix_bias + (f" {DEFERRED}" if rebalance == "deferred" else "")
     cells = tuple(
-        MeasuredCell(cell, row["acc"], row["ce"], row["best_robust"], row["best_robust_acc"])
-        for cell, row in sorted(recorded.items()) if cell.split(" ", 1)[1] == matrix_bias
+        MeasuredCell(cell, row["acc"], row["ce"], row["best_robust"], row["best_robust_acc"],
+                     row.get("best_drw"), row.get("best_drw_acc"))
+        for cell, row in sorted(recorded.items()) if cell.split(" ", 1)[1] == measured_as
     )
     kind = "learned loss" if config.kind == "robust-loss" else "weighter"
-    return Recommendation(bias, entry, kind, RULE_VERSION, cells)
+    return Recommendation(bias, entry, kind, RULE_VERSION, rebalance, cells)

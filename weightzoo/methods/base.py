@@ -95,6 +95,8 @@ class Method(ABC):
     """
 
     name: str = "method"
+    # whether the method's losses follow ``Schedule.rebalance`` (it calls ``trainer.rebalanced``)
+    rebalances: bool = False
 
     @property
     def identity(self) -> str:

@@ -5,13 +5,13 @@ weights, or the soft-label loss of CMW-Net-SL, the paper's transfer setting) or,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from weightzoo.bilevel.metaset import ModelEMA
-from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
+from weightzoo.methods.plain import refuse_double_balance
 from weightzoo.methods.registry import register_method
 from weightzoo.weighting.learned_loss import LearnedRobustLoss
 from weightzoo.weighting.nets import BASE_LOSSES, CMWNet
@@ -53,10 +53,14 @@ class FrozenConfig:
 
 @register_method("frozen", FrozenConfig, description="a pretrained weighter, frozen")
 class FrozenWeighting(Method):
-    """A loss weighted by a frozen weighter; warm-up iterations use the plain mean.
+    """A loss weighted by a frozen weighter; warm-up iterations use the plain mean. Under
+    ``schedule.rebalance = "deferred"`` the weighted losses are re-balanced by class from the
+    first milestone (the weights still come from the unbalanced CE).
 
     weighter: the weighter itself, or None to load ``config.weighter`` by name.
     """
+
+    rebalances = True
 
     def __init__(self, config: FrozenConfig | None = None, *, weighter: CMWNet | None = None) -> None:
         self.config = config or FrozenConfig()
@@ -72,6 +76,7 @@ class FrozenWeighting(Method):
         return f"weighter:{self.weighter.config.kind}" + (f":{self.loss}" if self.loss != "ce" else "")
 
     def setup(self, trainer: Trainer) -> None:
+        refuse_double_balance(self.loss, trainer.schedule)
         self.weighting = SampleWeighting.fit(
             self.weighter.eval().requires_grad_(False), trainer.global_class_counts(),
             seed=self.config.family_seed,
@@ -90,6 +95,7 @@ class FrozenWeighting(Method):
         # the SL loss warms up with plain CE, as its meta-training did
         loss = "ce" if self.loss == "sl" else self.loss
         term = self.weighting.term(loss, trainer.model(batch.x).float(), batch.y, weighted=not batch.warmup)
+        term = replace(term, losses=trainer.rebalanced(term.losses, batch))
         return StepOutput({"ce": term}, term.weights)
 
     def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
@@ -114,7 +120,12 @@ class FrozenLossConfig:
 
 @register_method("frozen-loss", FrozenLossConfig, description="a meta-learned robust loss, frozen")
 class FrozenLoss(Method):
-    """Training with a learned robust loss's fixed hyper-parameters (CE during warm-up)."""
+    """Training with a learned robust loss's fixed hyper-parameters from the first step, as a
+    robust-loss baseline trains (``schedule.warmup_epochs`` is for weighters: plain CE on noisy
+    labels only lets the model memorise them); re-balanced by class from the first milestone
+    under ``schedule.rebalance = "deferred"``."""
+
+    rebalances = True
 
     def __init__(
         self, config: FrozenLossConfig | None = None, *, loss: LearnedRobustLoss | None = None
@@ -133,7 +144,5 @@ class FrozenLoss(Method):
         self.loss.to(trainer.device)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
-        logits = trainer.model(batch.x).float()
-        if batch.warmup:
-            return StepOutput({"ce": LossTerm(per_sample_loss("ce", logits, batch.y))})
-        return StepOutput({self.loss.config.loss: LossTerm(self.loss(logits, batch.y))})
+        losses = trainer.rebalanced(self.loss(trainer.model(batch.x).float(), batch.y), batch)
+        return StepOutput({self.loss.config.loss: LossTerm(losses)})

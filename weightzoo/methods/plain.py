@@ -18,7 +18,7 @@ from weightzoo.methods.registry import register_method
 from weightzoo.weighting.reduction import LossTerm
 
 if TYPE_CHECKING:
-    from weightzoo.training.engine import Trainer
+    from weightzoo.training.engine import Schedule, Trainer
 
 
 @dataclass
@@ -61,7 +61,10 @@ class BiTemperedConfig:
 
 
 class PlainLoss(Method):
-    """Mean of the per-sample loss ``loss`` with hyper-parameters ``params``."""
+    """Mean of the per-sample loss ``loss`` with hyper-parameters ``params`` (re-balanced by
+    class from the first milestone under ``schedule.rebalance = "deferred"``: DRW)."""
+
+    rebalances = True
 
     def __init__(self, loss: str = "ce", **params: Any) -> None:
         self.loss, self.params = loss, params
@@ -69,6 +72,7 @@ class PlainLoss(Method):
         self.class_weights: torch.Tensor | None = None
 
     def setup(self, trainer: Trainer) -> None:
+        refuse_double_balance(self.loss, trainer.schedule)
         if self.loss == "class-balanced":  # (C,) once, on the device, from the whole training set
             weights = class_balanced_weights(trainer.global_class_counts(), **self.params)
             self.class_weights = weights.float().to(trainer.device)
@@ -79,7 +83,15 @@ class PlainLoss(Method):
             losses = class_weighted_cross_entropy(logits, batch.y, self.class_weights)
         else:
             losses = per_sample_loss(self.loss, logits, batch.y, **self.params)
-        return StepOutput({self.loss: LossTerm(losses)})
+        return StepOutput({self.loss: LossTerm(trainer.rebalanced(losses, batch))})
+
+
+def refuse_double_balance(loss: str, schedule: Schedule) -> None:
+    """A loss that balances classes itself (or mixes labels) takes no deferred re-balancing."""
+    if schedule.rebalance != "none" and loss in ("class-balanced", "sl"):
+        raise ValueError(f"schedule.rebalance = {schedule.rebalance!r} with the {loss!r} loss: "
+                         + ("it balances the classes already" if loss == "class-balanced"
+                            else "its mixed-up labels have no one class to weight by"))
 
 
 def _register(name: str, config_class: type, description: str) -> None:

@@ -23,9 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from weightzoo import distributed
+from weightzoo.losses import class_balanced_weights
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from weightzoo.weighting.reduction import safe_divide
+
+REBALANCE_MODES = ("none", "deferred")
 
 
 @dataclass
@@ -33,6 +36,11 @@ class Schedule:
     """SGD schedule.  The lr is multiplied by ``gamma`` at each epoch in ``milestones``.
 
     warmup_epochs: epochs of plain CE before a method's weighting (and meta steps) start.
+    rebalance: ``"none"``, or ``"deferred"``: deferred re-balancing (DRW, Cao et al. 2019):
+        from the first milestone on, every sample's loss is multiplied by the class-balanced
+        weight of its label (Cui et al. 2019, of the training set's class counts), so the
+        model learns its features from the plain loss and its class balance at the low lr.
+        For the methods whose ``rebalances`` is True (plain losses, frozen artifacts).
     augment: the labelled view is a random crop (4-pixel zero padding) + horizontal flip
         for images >= 28 px (``weightzoo.training.views.crop_flip``).
     amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling).
@@ -47,11 +55,23 @@ class Schedule:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: int = 0
+    rebalance: str = "none"
     augment: bool = False
     amp: bool = True
 
+    def __post_init__(self) -> None:
+        if self.rebalance not in REBALANCE_MODES:
+            raise ValueError(f"schedule.rebalance must be one of {REBALANCE_MODES}, got {self.rebalance!r}")
+        if self.rebalance == "deferred" and not self.milestones:
+            raise ValueError("schedule.rebalance = 'deferred' starts at the first lr milestone: "
+                             "give the schedule milestones")
+
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+    def rebalancing(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) weights its losses by class (see ``rebalance``)."""
+        return self.rebalance == "deferred" and epoch >= min(self.milestones)
 
 
 @dataclass
@@ -141,6 +161,7 @@ class Trainer:
         self._weighted_here = torch.zeros(len(data.y), dtype=torch.bool) if record_weights else None
         self.start_epoch = 0
         self.iteration = 0
+        self.class_weights: torch.Tensor | None = None  # (C,), for schedule.rebalance
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not self.schedule.amp or self.device.type != "cuda":
@@ -160,10 +181,23 @@ class Trainer:
         local = torch.bincount(shard, minlength=self.data.num_classes).to(self.device)
         return distributed.all_reduce_sum(local).cpu().numpy()
 
+    def rebalanced(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample losses (B,) of ``batch``, times their labels' class-balanced weights
+        where the schedule re-balances this epoch (``Schedule.rebalance``); else as given."""
+        if self.class_weights is None or not self.schedule.rebalancing(batch.epoch):
+            return losses
+        return losses * self.class_weights[batch.y].to(losses.dtype)
+
     # ----------------------------------------------------------------------------------
     def fit(self, method: Method, resume: bool = False) -> list[dict[str, Any]]:
         """Run all epochs; with ``resume``, continue from ``out_dir/checkpoint.pt`` if it exists
         (a finished run then only reloads its history)."""
+        if self.schedule.rebalance != "none":
+            if not method.rebalances:
+                raise ValueError(f"method {method.name!r} does not support schedule.rebalance = "
+                                 f"{self.schedule.rebalance!r} (plain losses and frozen artifacts do)")
+            weights = class_balanced_weights(self.global_class_counts())
+            self.class_weights = weights.float().to(self.device)
         method.setup(self)
         if resume and self.out_dir is None:
             raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
