@@ -158,3 +158,31 @@ def test_a_recipe_takes_the_rebalance_key() -> None:
     assert recipe.schedule.rebalance == "deferred"
     with pytest.raises(ValueError, match="schedule.rebalance must be one of"):
         load_recipe("digits-sym40-mwnet", ['schedule.rebalance="sometimes"'])
+
+
+def test_weighted_loss_rebalances_on_request_and_resumes_it() -> None:
+    """The user-loop form: ``crit.rebalance()`` at the lr drop multiplies each sample's loss by
+    its class's class-balanced weight (of the counts the families were fitted on); the
+    weights stay the weighter's at each sample's CE; the switch is in ``state_dict``."""
+    from weightzoo import WeightedLoss
+
+    counts = [200, 120, 80, 40, 20, 10, 6, 4, 2, 1]
+    crit = WeightedLoss.from_pretrained("cmwnet-fmnist-longtail", class_counts=counts, warmup_epochs=0)
+    torch.manual_seed(0)
+    logits, y = torch.randn(32, 10), torch.randint(0, 10, (32,))
+    plain = crit(logits, y)
+    weights = crit.last_weights
+    crit.rebalance()
+    balance = class_balanced_weights(counts).float()
+    ce = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(crit(logits, y), crit.weighting.reduce(ce * balance[y], weights))
+    torch.testing.assert_close(crit.last_weights, weights)
+    restored = WeightedLoss.from_pretrained("cmwnet-fmnist-longtail", class_counts=counts, warmup_epochs=0)
+    restored.load_state_dict(crit.state_dict())
+    assert restored.rebalancing
+    restored.rebalance(False)
+    torch.testing.assert_close(restored(logits, y), plain)
+    with pytest.raises(ValueError, match="balances the classes already"):
+        WeightedLoss.from_pretrained("cmwnet-cb-fmnist-longtail", class_counts=counts).rebalance()
+    with pytest.raises(ValueError, match="build the criterion with class_counts= or labels="):
+        WeightedLoss.from_pretrained("mwnet-fmnist-sym40", warmup_epochs=0).rebalance()

@@ -1,10 +1,11 @@
 """Which shipped zoo entry to use for the bias a user declares: the zoo's selection rule,
 with the transfer cells the entry was measured on (its card's ``transfer`` record).
 
-The rule (v0.7, benchmarks/README.md "Transfer"): per declared bias, the entry with the best
-mean accuracy on the transfer matrix's two small MLP targets; the small CNN and full MNIST
-test it. It needs no test labels, only the bias type. Where the measured cells say that a
-plain robust loss did better, :class:`Recommendation` says which.
+The rule (v0.8, benchmarks/README.md "Transfer"): per declared bias, the entry, applied as is
+or (for the long-tailed biases) with deferred re-balancing, with the best mean accuracy on the
+transfer matrix's two small MLP targets; the small CNN and full MNIST test it. It needs no
+test labels, only the bias type. Where the measured cells say that a plain robust loss did
+better, :class:`Recommendation` says which.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ RULE_VERSION = "v0.8"
 RULE: dict[str, tuple[str, str, str]] = {
     "symmetric": ("sym40", "arl-gce-fmnist-multi", "none"),
     "asymmetric": ("asym40", "cmwnet-sl-fmnist-multi", "none"),
-    "longtail": ("lt50", "cmwnet-cb-fmnist-longtail", "none"),
+    "longtail": ("lt50", "cmwnet-fmnist-longtail", "deferred"),
     "longtail+noise": ("lt50+sym40", "arl-gce-fmnist-sym40", "deferred"),
 }
 # the suffix of a card's cells measured with ``rebalance = "deferred"`` ("digits-mlp lt50 deferred")

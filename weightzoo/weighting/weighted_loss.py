@@ -82,6 +82,7 @@ class WeightedLoss(nn.Module):
         self.nonfinite = nonfinite
         self.warmup_samples = int(warmup_samples)
         self.samples_seen = 0
+        self.rebalancing = False  # deferred re-balancing, see :meth:`rebalance`
         self.last_weights = None
 
     @property
@@ -89,11 +90,24 @@ class WeightedLoss(nn.Module):
         """Still in the plain-CE warm-up (see ``warmup_samples``)."""
         return self.samples_seen < self.warmup_samples
 
+    def rebalance(self, on: bool = True) -> None:
+        """Deferred re-balancing (DRW, Cao et al. 2019), e.g. at your first lr drop: from now
+        on each sample's base loss is multiplied by its class's class-balanced weight (Cui et
+        al. 2019, of the class counts the families were fitted on); the weights still come
+        from each sample's CE. ``on=False`` switches it off. In ``state_dict``."""
+        if on and self.base_loss == "class-balanced":
+            raise ValueError("the class-balanced base loss balances the classes already")
+        if on and self.weighting.balance is None:
+            raise ValueError("re-balancing weights classes by the training data's counts: build the "
+                             "criterion with class_counts= or labels=")
+        self.rebalancing = on
+
     def get_extra_state(self) -> dict[str, int]:
-        return {"samples_seen": self.samples_seen}
+        return {"samples_seen": self.samples_seen, "rebalancing": int(self.rebalancing)}
 
     def set_extra_state(self, state: dict[str, int]) -> None:
         self.samples_seen = int(state["samples_seen"])
+        self.rebalancing = bool(state.get("rebalancing", 0))  # absent in states saved before 0.8
 
     @property
     def weighter(self) -> CMWNet:
@@ -211,6 +225,8 @@ class WeightedLoss(nn.Module):
         if weights is None:
             weights = self.weights(inputs, classes, num_classes, checked=checked)
         self.last_weights = weights
+        if self.rebalancing:
+            losses = losses * self.weighting.balance[classes].to(losses.dtype)
         return self.weighting.reduce(losses, weights)
 
     def soft_label_loss(
@@ -224,6 +240,9 @@ class WeightedLoss(nn.Module):
         if soft_targets.shape != logits.shape:
             raise ValueError(f"soft targets {tuple(soft_targets.shape)} and logits "
                              f"{tuple(logits.shape)} differ")
+        if self.rebalancing:
+            raise ValueError("re-balancing (rebalance()) is for forward / reduce_losses: the soft-label "
+                             "loss mixes labels, it has no one class to weight by")
         logits, hard, _ = self._checked(logits, targets)
 
         def weights_of(losses: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
