@@ -18,9 +18,10 @@ def default_milestones(epochs: int) -> list[int]:
     return sorted({max(1, epochs * 2 // 3), max(1, epochs * 5 // 6)} - {epochs})
 
 
-def default_warmup(epochs: int) -> int:
-    """2 plain-CE epochs, but always leave at least one weighted epoch."""
-    return max(0, min(2, epochs - 1))
+def default_warmup(epochs: int, learned_loss: bool = False) -> int:
+    """A weighter: 2 plain-CE epochs, but always at least one weighted epoch. A learned loss:
+    none (it trains from the first step, as the robust-loss baselines do)."""
+    return 0 if learned_loss else max(0, min(2, epochs - 1))
 
 
 @click.command()
@@ -39,8 +40,8 @@ def default_warmup(epochs: int) -> int:
 @click.option("--milestones", default=None, help="Epochs where the lr drops 10x, e.g. 10,15 "
               "(default: 2/3 and 5/6 of the epochs).")
 @click.option("--warmup-epochs", type=int, default=None,
-              help="Plain-CE epochs before a weighter's weighting starts (default: 2, fewer when "
-                   "--epochs < 3). A learned loss trains with its loss from the first step.")
+              help="Plain-CE epochs before the weighter's weighting (or the learned loss) starts "
+                   "(default: 2 for a weighter, fewer when --epochs < 3; 0 for a learned loss).")
 @click.option("--rebalance", type=click.Choice(REBALANCE_MODES), default="none", show_default=True,
               help="deferred: from the first milestone, weight every run's losses (the weighter's "
                    "and the baselines') by their labels' class-balanced weights (DRW, Cao et al. "
@@ -83,7 +84,11 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
         int(m) for m in milestones.split(",") if m.strip()
     ]
     if warmup_epochs is None:
-        warmup_epochs = default_warmup(epochs)
+        from weightzoo.artifact.hub import load_pretrained
+        from weightzoo.weighting.learned_loss import LearnedRobustLoss
+
+        learned = isinstance(load_pretrained(weighter, revision=revision), LearnedRobustLoss)
+        warmup_epochs = default_warmup(epochs, learned_loss=learned)
     schedule = Schedule(epochs=epochs, batch_size=batch_size, lr=lr, milestones=steps,
                         warmup_epochs=warmup_epochs, rebalance=rebalance, augment=augment)
     result = apply_weighter(

@@ -131,8 +131,9 @@ def recommend(bias: str, as_json: bool) -> None:
                f"({pick.entry!r}, ...) or `weightzoo apply {pick.entry}"
                f"{' --rebalance deferred' if deferred else ''} ...`")
     if deferred:
-        click.echo("  with deferred re-balancing: from the first lr drop, weight each sample's loss by its "
-                   "class's class-balanced weight (weightzoo.losses.class_balanced_weights of your counts)")
+        how = ("call crit.rebalance() there" if pick.kind == "weighter" else
+               "multiply its per-sample loss by weightzoo.class_balanced_weights(your counts)[y] from there")
+        click.echo(f"  with deferred re-balancing from your first lr drop: {how}")
     click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds):")
     for c in pick.cells:
         over_ce, over_robust = 100 * (c.acc - c.ce), 100 * (c.acc - c.best_robust_acc)

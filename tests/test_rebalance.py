@@ -98,19 +98,27 @@ def test_a_frozen_weighter_is_rebalanced_after_its_weights(longtail: TrainingSet
     assert torch.allclose(output.terms["ce"].losses, ce * trainer.class_weights[batch.y], atol=1e-6)
 
 
-def test_a_learned_loss_trains_with_its_loss_from_the_first_step(longtail: TrainingSet) -> None:
-    """No CE warm-up for a learned loss (it is a loss, as the robust baselines are), and
-    re-balanced after the milestone."""
+def test_a_learned_loss_warms_up_with_ce_only_when_asked_and_is_rebalanced(
+    longtail: TrainingSet, tmp_path: Path,
+) -> None:
     loss = LearnedRobustLoss(q=0.6)
     trainer = Trainer(mlp(), longtail, deferred(warmup_epochs=1), device="cpu", progress=False)
     method = FrozenLoss(loss=loss)
     trainer.fit(method)
-    for epoch, warmup in ((0, True), (2, False)):
+    for epoch, warmup in ((0, True), (1, False), (2, False)):
         batch = batch_of(longtail, epoch, warmup=warmup)
         (term,) = method.step(trainer, batch).terms.values()
-        gce = loss(trainer.model(batch.x), batch.y)
+        logits = trainer.model(batch.x)
+        plain = F.cross_entropy(logits, batch.y, reduction="none") if warmup else loss(logits, batch.y)
         balance = trainer.class_weights[batch.y] if epoch >= 2 else torch.ones(16)
-        assert torch.allclose(term.losses, gce * balance, atol=1e-6)
+        assert torch.allclose(term.losses, plain * balance, atol=1e-6)
+    # `weightzoo apply` gives a learned loss no warm-up unless asked (a weighter gets 2 epochs)
+    for entry, expected in (("arl-gce-fmnist-sym40", 0), ("mwnet-fmnist-sym40", 2)):
+        out = tmp_path / entry
+        result = CliRunner().invoke(cli, ["apply", entry, "--data", "digits", "--epochs", "3",
+                                          "--out", str(out), "--no-progress", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "comparison.json").read_text())["schedule"]["warmup_epochs"] == expected
 
 
 def test_methods_that_cannot_rebalance_refuse_it_before_training(longtail: TrainingSet) -> None:

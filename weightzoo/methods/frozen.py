@@ -10,6 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from weightzoo.bilevel.metaset import ModelEMA
+from weightzoo.losses import per_sample_loss
 from weightzoo.methods.base import Batch, Method, StepOutput
 from weightzoo.methods.plain import refuse_double_balance
 from weightzoo.methods.registry import register_method
@@ -120,10 +121,10 @@ class FrozenLossConfig:
 
 @register_method("frozen-loss", FrozenLossConfig, description="a meta-learned robust loss, frozen")
 class FrozenLoss(Method):
-    """Training with a learned robust loss's fixed hyper-parameters from the first step, as a
-    robust-loss baseline trains (``schedule.warmup_epochs`` is for weighters: plain CE on noisy
-    labels only lets the model memorise them); re-balanced by class from the first milestone
-    under ``schedule.rebalance = "deferred"``."""
+    """Training with a learned robust loss's fixed hyper-parameters (CE during
+    ``schedule.warmup_epochs``, which ``weightzoo apply`` sets to 0 for a learned loss unless
+    asked: it trains from the first step as the robust-loss baselines do); re-balanced by class
+    from the first milestone under ``schedule.rebalance = "deferred"``."""
 
     rebalances = True
 
@@ -144,5 +145,7 @@ class FrozenLoss(Method):
         self.loss.to(trainer.device)
 
     def step(self, trainer: Trainer, batch: Batch) -> StepOutput:
-        losses = trainer.rebalanced(self.loss(trainer.model(batch.x).float(), batch.y), batch)
+        logits = trainer.model(batch.x).float()
+        losses = per_sample_loss("ce", logits, batch.y) if batch.warmup else self.loss(logits, batch.y)
+        losses = trainer.rebalanced(losses, batch)
         return StepOutput({self.loss.config.loss: LossTerm(losses)})
