@@ -36,6 +36,8 @@ from benchmarks.common import (
     run_jobs,
     write_results,
 )
+from weightzoo.artifact import hub
+from weightzoo.artifact.format import read_config
 from weightzoo.artifact.recommend import DEFERRED, RULE, RULE_VERSION
 
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
@@ -92,6 +94,10 @@ def weighter_name(value: str) -> tuple[str, str]:
     with the suffix ``+drw`` (applied with deferred re-balancing)."""
     if value.endswith(DRW):
         name, source = weighter_name(value.removesuffix(DRW))
+        base_loss = getattr(read_config(hub.resolve(source)), "base_loss", None)
+        if base_loss in ("class-balanced", "sl"):
+            raise argparse.ArgumentTypeError(f"{name} weights the {base_loss!r} loss, which takes no "
+                                             "deferred re-balancing: drop its +drw")
         return name + DRW, source
     if value in WEIGHTERS:
         return value, value
@@ -192,7 +198,6 @@ def main() -> None:
 def record_in_zoo(result: dict) -> None:
     """Merge each shipped entry's cells of ``result`` into its artifact's ``transfer`` record
     (the card shows where it helped and where not); the entry's weights and metrics stay."""
-    from weightzoo.artifact import hub
     from weightzoo.artifact.format import Provenance, load_artifact, save_artifact
     from weightzoo.atomic import atomic_write
 
@@ -203,12 +208,11 @@ def record_in_zoo(result: dict) -> None:
         cells = dict(meta.transfer.get("cells", {}))
         for cell, row in result["summary"].items():
             best, best_drw = row["best_robust_baseline"], row.get("best_drw_baseline")
-            key = cell + (f" {DEFERRED}" if name.endswith(DRW) else "")
-            cells[key] = {"acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
-                          "best_robust": best, "best_robust_acc": row["rows"][best]["mean"],
-                          "devices": row["devices"],
-                          **({"best_drw": best_drw, "best_drw_acc": row["rows"][best_drw]["mean"]}
-                             if best_drw else {})}
+            deferred = name.endswith(DRW)  # its cell also names the best baseline trained so
+            cells[cell + (f" {DEFERRED}" if deferred else "")] = {
+                "acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
+                "best_robust": best, "best_robust_acc": row["rows"][best]["mean"], "devices": row["devices"],
+                **({"best_drw": best_drw, "best_drw_acc": row["rows"][best_drw]["mean"]} if deferred else {})}
         meta.transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": result["machine"]["date_utc"],
                          "seeds": result["seeds"], "cells": cells}
         artifact.config.metadata = meta.to_metadata()

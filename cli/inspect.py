@@ -134,7 +134,9 @@ def recommend(bias: str, as_json: bool) -> None:
         how = ("call crit.rebalance() there" if pick.kind == "weighter" else
                "multiply its per-sample loss by weightzoo.class_balanced_weights(your counts)[y] from there")
         click.echo(f"  with deferred re-balancing from your first lr drop: {how}")
-    click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds):")
+    click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds"
+               + ("; CE and the robust loss trained without re-balancing, drw-*: with it" if deferred else "")
+               + "):")
     for c in pick.cells:
         over_ce, over_robust = 100 * (c.acc - c.ce), 100 * (c.acc - c.best_robust_acc)
         drw = "" if c.best_drw is None else f"   {c.best_drw} {100 * c.best_drw_acc:6.2f} " \
@@ -143,6 +145,8 @@ def recommend(bias: str, as_json: bool) -> None:
                    f"{c.best_robust} {100 * c.best_robust_acc:6.2f} ({over_robust:+.2f}){drw}")
     click.echo(f"beats CE in {pick.beats_ce} of {len(pick.cells)}; matches or beats the best robust loss "
                f"in {pick.ahead_of_robust} of {len(pick.cells)}")
-    if pick.stronger_robust_loss:
-        click.echo(f"behind the best robust loss in most cells: the plain `{pick.stronger_robust_loss}` loss "
-                   "(weightzoo.per_sample_loss, or a --baseline) is as strong or stronger here")
+    if loss := pick.stronger_robust_loss:
+        plain = (f"`{loss.removeprefix('drw-')}` loss with deferred re-balancing" if loss.startswith("drw-")
+                 else f"plain `{loss}` loss")
+        click.echo(f"behind the best robust loss in most cells: the {plain} (weightzoo.per_sample_loss, "
+                   "or a --baseline) is as strong or stronger here")

@@ -88,14 +88,17 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     for key, value in before.state_dict().items():
         assert torch.equal(value, after.state_dict()[key])
     # applied with deferred re-balancing: its own cell, next to the re-balanced baselines
-    drw = result("new-target lt50", 0.75)
-    drw["weighters"] = [name + "+drw"]
+    # the same entry applied as is and with deferred re-balancing: two cells, only the latter
+    # next to the re-balanced baselines
+    drw = result("new-target lt50", 0.70)
+    drw["weighters"] = [name, name + "+drw"]
     row = drw["summary"]["new-target lt50"]
-    row["rows"] = {**row["rows"], name + "+drw": row["rows"].pop(name), "drw-sce": {"mean": 0.72}}
+    row["rows"] = {**row["rows"], name + "+drw": {"mean": 0.75}, "drw-sce": {"mean": 0.72}}
     row["best_drw_baseline"] = "drw-sce"
     transfer_matrix.record_in_zoo(drw)
     cells = load_artifact(tmp_path / name).config.metadata["transfer"]["cells"]
-    assert cells["new-target lt50 deferred"]["best_drw"] == "drw-sce" and "new-target lt50" not in cells
+    assert cells["new-target lt50 deferred"]["best_drw"] == "drw-sce"
+    assert cells["new-target lt50"]["acc"] == 0.70 and "best_drw" not in cells["new-target lt50"]
     card = (tmp_path / name / "README.md").read_text()
     assert "| new-target lt50 deferred | 75.00 | 80.00 | gce 90.00 | -5.00 | -15.00 | drw-sce 72.00 |" in card
     assert "| new-target sym40 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 | |" in card
@@ -111,6 +114,9 @@ def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: 
 
     assert weighter_name("mwnet-fmnist-sym40") == ("mwnet-fmnist-sym40", "mwnet-fmnist-sym40")
     assert weighter_name("mwnet-fmnist-sym40+drw") == ("mwnet-fmnist-sym40+drw", "mwnet-fmnist-sym40")
+    for balanced in ("cmwnet-cb-fmnist-longtail+drw", "cmwnet-sl-fmnist-multi+drw"):
+        with pytest.raises(argparse.ArgumentTypeError, match="takes no deferred re-balancing"):
+            weighter_name(balanced)
     CMWNet(num_families=3).save_pretrained(tmp_path / "my-weighter")
     assert weighter_name(str(tmp_path / "my-weighter")) == ("my-weighter", str(tmp_path / "my-weighter"))
     for bad in ("no-such-entry", str(tmp_path)):

@@ -166,10 +166,15 @@ def test_deferred_rebalancing_of_a_learned_loss_on_cuda(amp: bool) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     schedule = Schedule(epochs=3, batch_size=100, milestones=[2], rebalance="deferred", amp=amp)
     trainer = Trainer(model, data.train, schedule, device="cuda", progress=False)
-    history = trainer.fit(FrozenLoss(loss=LearnedRobustLoss.from_pretrained("arl-gce-fmnist-sym40")))
+    method = FrozenLoss(loss=LearnedRobustLoss.from_pretrained("arl-gce-fmnist-sym40"))
+    history = trainer.fit(method)
     assert trainer.class_weights.device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
     assert history[-1]["test_acc"] > 0.3
+    batch = method.collate(trainer, torch.arange(32), epoch=2, iteration=0, lr=0.01, warmup=False)
+    (term,) = method.step(trainer, batch).terms.values()
+    expected = method.loss(trainer.model(batch.x).float(), batch.y) * trainer.class_weights[batch.y]
+    torch.testing.assert_close(term.losses, expected)
 
 
 def test_weighted_loss_and_strong_view_stay_on_the_device() -> None:

@@ -56,8 +56,10 @@ def test_the_schedule_rebalances_from_its_first_milestone() -> None:
     schedule = deferred(6, (4, 2))
     assert [schedule.rebalancing(e) for e in range(6)] == [False, False, True, True, True, True]
     assert not Schedule(epochs=6, milestones=[2]).rebalancing(5)  # "none", the default
-    with pytest.raises(ValueError, match="give the schedule milestones"):
-        Schedule(epochs=3, rebalance="deferred")
+    for bad in (dict(epochs=3), dict(epochs=3, milestones=[3]),
+                dict(epochs=4, milestones=[1], warmup_epochs=2)):
+        with pytest.raises(ValueError, match="a milestone after the warm-up and before the last epoch"):
+            Schedule(rebalance="deferred", **bad)
     with pytest.raises(ValueError, match="schedule.rebalance must be one of"):
         Schedule(epochs=3, milestones=[1], rebalance="always")
 
@@ -122,11 +124,22 @@ def test_a_learned_loss_warms_up_with_ce_only_when_asked_and_is_rebalanced(
 
 
 def test_methods_that_cannot_rebalance_refuse_it_before_training(longtail: TrainingSet) -> None:
+    from weightzoo.training.joint import fit_jointly
+
     schedule = deferred()
-    meta = MetaWeighting(MetaWeightingConfig(), weighter=MWNet(hidden=8),
-                         meta_x=longtail.x[:20], meta_y=longtail.y[:20])
+
+    def meta() -> MetaWeighting:
+        return MetaWeighting(MetaWeightingConfig(), weighter=MWNet(hidden=8),
+                             meta_x=longtail.x[:20], meta_y=longtail.y[:20])
+
     with pytest.raises(ValueError, match="does not support schedule.rebalance"):
-        Trainer(mlp(), longtail, schedule, device="cpu", progress=False).fit(meta)
+        Trainer(mlp(), longtail, schedule, device="cpu", progress=False).fit(meta())
+    with pytest.raises(ValueError, match="does not support schedule.rebalance"):  # multi-source too
+        fit_jointly([Trainer(mlp(), longtail, schedule, device="cpu", progress=False) for _ in range(2)],
+                    [meta(), meta()])
+    unprepared = Trainer(mlp(), longtail, schedule, device="cpu", progress=False)
+    with pytest.raises(RuntimeError, match="was not prepared"):
+        unprepared.rebalanced(torch.ones(16), batch_of(longtail, 2))
     with pytest.raises(ValueError, match="balances the classes already"):
         Trainer(mlp(), longtail, schedule, device="cpu", progress=False).fit(PlainLoss("class-balanced"))
 
@@ -142,6 +155,9 @@ def test_apply_refuses_rebalancing_it_cannot_do_before_writing(tmp_path: Path) -
     with pytest.raises(ValueError, match="for supervised training, not the fixmatch regime"):
         apply_weighter("cmwnet-fixmatch4-fmnist", out, dataset="digits", regime="fixmatch",
                        schedule=deferred(2, (1,)), progress=False)
+    with pytest.raises(ValueError, match="the baseline.s. proden do not support it"):
+        apply_weighter("arl-gce-fmnist-sym40", out, dataset="digits", bias="longtail:10",
+                       baselines=("proden",), schedule=deferred(2, (1,)), progress=False)
     assert not out.exists()
     result = CliRunner().invoke(cli, ["apply", "arl-gce-fmnist-sym40", "--data", "digits", "--epochs", "2",
                                       "--rebalance", "deferred", "--baseline", "class-balanced",
@@ -190,7 +206,32 @@ def test_weighted_loss_rebalances_on_request_and_resumes_it() -> None:
     assert restored.rebalancing
     restored.rebalance(False)
     torch.testing.assert_close(restored(logits, y), plain)
+    # reduce_losses re-balances any per-sample loss the same way
+    torch.testing.assert_close(crit.reduce_losses(ce, y), crit.weighting.reduce(ce * balance[y], weights))
+    unfitted = WeightedLoss.from_pretrained("mwnet-fmnist-sym40", warmup_epochs=0)
+    with pytest.raises(ValueError, match="build the criterion with class_counts= or labels="):
+        unfitted.load_state_dict(crit.state_dict())
     with pytest.raises(ValueError, match="balances the classes already"):
         WeightedLoss.from_pretrained("cmwnet-cb-fmnist-longtail", class_counts=counts).rebalance()
     with pytest.raises(ValueError, match="build the criterion with class_counts= or labels="):
         WeightedLoss.from_pretrained("mwnet-fmnist-sym40", warmup_epochs=0).rebalance()
+
+
+def test_a_run_resumes_only_with_the_same_rebalancing(longtail: TrainingSet, tmp_path: Path) -> None:
+    """``rebalance`` is part of the run a checkpoint belongs to; a checkpoint written before the
+    key existed (no ``rebalance`` in its schedule) resumes as "none"."""
+    from weightzoo.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    plain = Schedule(epochs=2, batch_size=20, milestones=[1])
+    Trainer(mlp(), longtail, plain, device="cpu", progress=False, out_dir=tmp_path).fit(PlainLoss("ce"))
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert "rebalance" not in state["run"]["schedule"]
+    drw = Schedule(epochs=3, batch_size=20, milestones=[1], rebalance="deferred")
+    with pytest.raises(ValueError, match="schedule differ"):
+        Trainer(mlp(), longtail, drw, device="cpu", progress=False,
+                out_dir=tmp_path).fit(PlainLoss("ce"), resume=True)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+    longer = Schedule(epochs=3, batch_size=20, milestones=[1])
+    history = Trainer(mlp(), longtail, longer, device="cpu", progress=False,
+                      out_dir=tmp_path).fit(PlainLoss("ce"), resume=True)
+    assert len(history) == 3

@@ -415,6 +415,9 @@ def apply_weighter(
         for loss_name in (getattr(runner, "loss", None), *baselines):
             if isinstance(loss_name, str):
                 refuse_double_balance(loss_name, schedule)
+        if stuck := [name for name in baselines if not baseline(name).rebalances]:
+            raise ValueError(f"schedule.rebalance = {schedule.rebalance!r}: the baseline(s) "
+                             f"{', '.join(stuck)} do not support it")
     is_loss = isinstance(weighter, LearnedRobustLoss)  # a learned loss gives no sample weights
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)

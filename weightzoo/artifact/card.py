@@ -110,8 +110,9 @@ def _transfer_table(transfer: dict[str, Any]) -> str:
     drw = any("best_drw" in row for row in transfer["cells"].values())
     lines = [f"From `{transfer['benchmark']}` ({transfer['date']}, seeds {transfer['seeds']}; test "
              "accuracy %, mean over seeds; `weightzoo apply` defaults"
-             + ("; cells marked `deferred` ran with `--rebalance deferred`, its baselines too "
-                "(`drw-*`)" if drw else "") + "):", "",
+             + ("; cells marked `deferred` ran this entry with `--rebalance deferred`: CE and the "
+                "best robust loss are still the plain baselines, the last column the best of those "
+                "trained with it too (`drw-*`)" if drw else "") + "):", "",
              "| target, bias | this entry | CE | best robust loss | vs CE | vs best robust |"
              + (" best DRW baseline |" if drw else ""),
              "|---|---:|---:|---|---:|---:|" + ("---|" if drw else "")]

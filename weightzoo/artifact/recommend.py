@@ -70,8 +70,14 @@ class Recommendation:
     @property
     def stronger_robust_loss(self) -> str | None:
         """The robust loss to prefer, when the entry is behind the best one in most cells
-        (the one best most often there); None otherwise."""
-        behind = [c.best_robust for c in self.cells if c.acc < c.best_robust_acc]
+        (the one best most often there, ``drw-*`` where the one trained with deferred
+        re-balancing was); None otherwise."""
+        behind = []
+        for c in self.cells:
+            best_acc, best = max([(c.best_robust_acc, c.best_robust)]
+                                 + ([(c.best_drw_acc, c.best_drw)] if c.best_drw is not None else []))
+            if c.acc < best_acc:
+                behind.append(best)
         if 2 * len(behind) <= len(self.cells):
             return None
         return Counter(behind).most_common(1)[0][0]

@@ -62,9 +62,10 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.rebalance not in REBALANCE_MODES:
             raise ValueError(f"schedule.rebalance must be one of {REBALANCE_MODES}, got {self.rebalance!r}")
-        if self.rebalance == "deferred" and not self.milestones:
+        if self.rebalance == "deferred" and not (self.milestones and self.warmup_epochs
+                                                 <= min(self.milestones) < self.epochs):
             raise ValueError("schedule.rebalance = 'deferred' starts at the first lr milestone: "
-                             "give the schedule milestones")
+                             "give the schedule a milestone after the warm-up and before the last epoch")
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
@@ -181,17 +182,10 @@ class Trainer:
         local = torch.bincount(shard, minlength=self.data.num_classes).to(self.device)
         return distributed.all_reduce_sum(local).cpu().numpy()
 
-    def rebalanced(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Per-sample losses (B,) of ``batch``, times their labels' class-balanced weights
-        where the schedule re-balances this epoch (``Schedule.rebalance``); else as given."""
-        if self.class_weights is None or not self.schedule.rebalancing(batch.epoch):
-            return losses
-        return losses * self.class_weights[batch.y].to(losses.dtype)
-
-    # ----------------------------------------------------------------------------------
-    def fit(self, method: Method, resume: bool = False) -> list[dict[str, Any]]:
-        """Run all epochs; with ``resume``, continue from ``out_dir/checkpoint.pt`` if it exists
-        (a finished run then only reloads its history)."""
+    def prepare(self, method: Method) -> None:
+        """Set ``method`` up for this trainer (before any epoch; ``fit`` and multi-source
+        training call it): the class weights of ``schedule.rebalance``, refused for a method
+        that does not follow it."""
         if self.schedule.rebalance != "none":
             if not method.rebalances:
                 raise ValueError(f"method {method.name!r} does not support schedule.rebalance = "
@@ -199,6 +193,22 @@ class Trainer:
             weights = class_balanced_weights(self.global_class_counts())
             self.class_weights = weights.float().to(self.device)
         method.setup(self)
+
+    def rebalanced(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample losses (B,) of ``batch``, times their labels' class-balanced weights
+        where the schedule re-balances this epoch (``Schedule.rebalance``); else as given."""
+        if not self.schedule.rebalancing(batch.epoch):
+            return losses
+        if self.class_weights is None:
+            raise RuntimeError("schedule.rebalance is set but the trainer was not prepared: "
+                               "call trainer.prepare(method) (fit does) before training")
+        return losses * self.class_weights[batch.y].to(losses.dtype)
+
+    # ----------------------------------------------------------------------------------
+    def fit(self, method: Method, resume: bool = False) -> list[dict[str, Any]]:
+        """Run all epochs; with ``resume``, continue from ``out_dir/checkpoint.pt`` if it exists
+        (a finished run then only reloads its history)."""
+        self.prepare(method)
         if resume and self.out_dir is None:
             raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
         if resume and (self.out_dir / CHECKPOINT_NAME).exists():
@@ -329,6 +339,8 @@ class Trainer:
         (the number of epochs may grow) and the training data (shape and labels)."""
         schedule = asdict(self.schedule)
         del schedule["epochs"]
+        if schedule["rebalance"] == "none":  # as checkpoints written before it existed say
+            del schedule["rebalance"]
         labels = self.data.y.detach().cpu().numpy().astype(np.int64)
         return {
             "method": method.identity, "seed": self.seed, "schedule": schedule,

@@ -51,7 +51,7 @@ def fit_jointly(
     if resume and path is None:
         raise ValueError("resume needs an output directory (where checkpoint.pt is written)")
     for trainer, method in zip(trainers, methods, strict=True):
-        method.setup(trainer)
+        trainer.prepare(method)
     for method in methods:
         method.join(lead)
     if resume and path is not None and path.exists():

@@ -100,14 +100,14 @@ class WeightedLoss(nn.Module):
         if on and self.weighting.balance is None:
             raise ValueError("re-balancing weights classes by the training data's counts: build the "
                              "criterion with class_counts= or labels=")
-        self.rebalancing = on
+        self.rebalancing = bool(on)
 
     def get_extra_state(self) -> dict[str, int]:
         return {"samples_seen": self.samples_seen, "rebalancing": int(self.rebalancing)}
 
     def set_extra_state(self, state: dict[str, int]) -> None:
         self.samples_seen = int(state["samples_seen"])
-        self.rebalancing = bool(state.get("rebalancing", 0))  # absent in states saved before 0.8
+        self.rebalance(bool(state.get("rebalancing", 0)))  # absent in states saved before 0.8
 
     @property
     def weighter(self) -> CMWNet:
@@ -226,7 +226,7 @@ class WeightedLoss(nn.Module):
             weights = self.weights(inputs, classes, num_classes, checked=checked)
         self.last_weights = weights
         if self.rebalancing:
-            losses = losses * self.weighting.balance[classes].to(losses.dtype)
+            losses = losses * self.weighting.balance.to(losses)[classes]
         return self.weighting.reduce(losses, weights)
 
     def soft_label_loss(
