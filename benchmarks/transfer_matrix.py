@@ -162,6 +162,7 @@ def main() -> None:
         for bias in args.biases:
             cells = [cell_dir(args.runs, target, bias, s) for s in args.seeds]
             runs = {w: [read_json(c / w / "comparison.json") for c in cells] for w in weighters}
+            check_reused_runs(runs, cells)
             first = runs[weighters[0]]
             rows = {b: mean_std([f["runs"][b]["test_acc"] for f in first]) for b in BASELINES}
             if first_drw is not None:
@@ -193,6 +194,17 @@ def main() -> None:
     heat_map(result, args.results.with_suffix(".png"))
     if args.record_in_zoo:
         record_in_zoo(result)
+
+
+def check_reused_runs(runs: dict[str, list[dict]], cells: list[Path]) -> None:
+    """Refuse a finished run (reused from ``--runs``; ``runs[weighter][i]`` ran in ``cells[i]``)
+    that was applied otherwise than its name says: with or without ``--rebalance deferred``."""
+    for weighter, comparisons in runs.items():
+        for cell, comparison in zip(cells, comparisons, strict=True):
+            applied = comparison["schedule"].get("rebalance", "none")
+            if applied != ("deferred" if weighter.endswith(DRW) else "none"):
+                raise SystemExit(f"{cell / weighter}: ran with rebalance = {applied!r}, which {weighter!r} "
+                                 "does not name: move it aside (or use another --runs) and run again")
 
 
 def record_in_zoo(result: dict) -> None:

@@ -133,3 +133,18 @@ def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: 
         "mwnet-fmnist-sym40+drw", "mwnet-fmnist-sym40")
     with pytest.raises(SystemExit):  # two directories with one name
         parse_args(["--weighters", str(tmp_path / "my-weighter"), str(tmp_path / "other" / "my-weighter")])
+
+
+def test_transfer_matrix_refuses_a_reused_run_applied_otherwise(tmp_path: Path) -> None:
+    """A cached run whose schedule contradicts its name (+drw or not) is refused, not reported."""
+    import pytest
+
+    from benchmarks.transfer_matrix import check_reused_runs
+
+    plain, deferred = {"schedule": {"rebalance": "none"}}, {"schedule": {"rebalance": "deferred"}}
+    old = {"schedule": {}}  # written before the key existed: as "none"
+    check_reused_runs({"x": [plain, old], "x+drw": [deferred, deferred]}, [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(SystemExit, match="b/x\\+drw: ran with rebalance = 'none'"):
+        check_reused_runs({"x+drw": [deferred, plain]}, [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(SystemExit, match="a/x: ran with rebalance = 'deferred'"):
+        check_reused_runs({"x": [deferred]}, [tmp_path / "a"])
