@@ -32,7 +32,6 @@ from weightzoo.data.sources import DataSplits, load_dataset
 from weightzoo.methods.base import Method, RunContext, TrainedArtifact
 from weightzoo.methods.fixmatch import FixMatch, FixMatchConfig, labeled_split
 from weightzoo.methods.frozen import FrozenConfig, FrozenLoss, FrozenWeighting
-from weightzoo.methods.plain import refuse_double_balance
 from weightzoo.methods.proden import require_candidate_sets
 from weightzoo.methods.registry import build_method
 from weightzoo.models import build_model
@@ -412,12 +411,11 @@ def apply_weighter(
         if regime != "supervised":
             raise ValueError(f"schedule.rebalance = {schedule.rebalance!r} is for supervised training, "
                              f"not the {regime} regime")
-        for loss_name in (getattr(runner, "loss", None), *baselines):
-            if isinstance(loss_name, str):
-                refuse_double_balance(loss_name, schedule)
         if stuck := [name for name in baselines if not baseline(name).rebalances]:
             raise ValueError(f"schedule.rebalance = {schedule.rebalance!r}: the baseline(s) "
                              f"{', '.join(stuck)} do not support it")
+    for method in (runner, *map(baseline, baselines)):  # what each trainer would refuse, now
+        method.check_schedule(schedule)
     is_loss = isinstance(weighter, LearnedRobustLoss)  # a learned loss gives no sample weights
     data = prepare_data(dataset, bias, seed=seed, root=root)
     check_training_labels(data.train)

@@ -20,7 +20,7 @@ from weightzoo.training.views import crop_flip
 from weightzoo.weighting.reduction import LossTerm
 
 if TYPE_CHECKING:
-    from weightzoo.training.engine import Trainer
+    from weightzoo.training.engine import Schedule, Trainer
     from weightzoo.weighting.families import TaskFamilies
     from weightzoo.weighting.learned_loss import LearnedRobustLoss
     from weightzoo.weighting.nets import CMWNet
@@ -101,6 +101,13 @@ class Method(ABC):
     @property
     def identity(self) -> str:
         return self.name
+
+    def check_schedule(self, schedule: Schedule) -> None:
+        """Refuse a schedule this method cannot follow, before any work (the trainer calls it
+        before :meth:`setup`): by default, ``schedule.rebalance`` unless ``rebalances``."""
+        if schedule.rebalance != "none" and not self.rebalances:
+            raise ValueError(f"method {self.name!r} does not support schedule.rebalance = "
+                             f"{schedule.rebalance!r} (plain losses and frozen artifacts do)")
 
     @property
     def clean_meta_per_class(self) -> int:

@@ -21,7 +21,7 @@ from weightzoo.weighting.sample_weighting import SampleWeighting
 from weightzoo.weighting.soft_labels import SoftLabelBatch
 
 if TYPE_CHECKING:
-    from weightzoo.training.engine import Trainer
+    from weightzoo.training.engine import Schedule, Trainer
 
 
 def _pretrained(cls: type, method: str, key: str, name: str, revision: str | None) -> Any:
@@ -76,8 +76,11 @@ class FrozenWeighting(Method):
     def identity(self) -> str:
         return f"weighter:{self.weighter.config.kind}" + (f":{self.loss}" if self.loss != "ce" else "")
 
+    def check_schedule(self, schedule: Schedule) -> None:
+        super().check_schedule(schedule)
+        refuse_double_balance(self.loss, schedule)
+
     def setup(self, trainer: Trainer) -> None:
-        refuse_double_balance(self.loss, trainer.schedule)
         self.weighting = SampleWeighting.fit(
             self.weighter.eval().requires_grad_(False), trainer.global_class_counts(),
             seed=self.config.family_seed,

@@ -71,8 +71,11 @@ class PlainLoss(Method):
         self.name = loss
         self.class_weights: torch.Tensor | None = None
 
+    def check_schedule(self, schedule: Schedule) -> None:
+        super().check_schedule(schedule)
+        refuse_double_balance(self.loss, schedule)
+
     def setup(self, trainer: Trainer) -> None:
-        refuse_double_balance(self.loss, trainer.schedule)
         if self.loss == "class-balanced":  # (C,) once, on the device, from the whole training set
             weights = class_balanced_weights(trainer.global_class_counts(), **self.params)
             self.class_weights = weights.float().to(trainer.device)

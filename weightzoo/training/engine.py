@@ -184,12 +184,10 @@ class Trainer:
 
     def prepare(self, method: Method) -> None:
         """Set ``method`` up for this trainer (before any epoch; ``fit`` and multi-source
-        training call it): the class weights of ``schedule.rebalance``, refused for a method
-        that does not follow it."""
+        training call it): the schedule checked against it (``Method.check_schedule``), then
+        the class weights of ``schedule.rebalance``."""
+        method.check_schedule(self.schedule)
         if self.schedule.rebalance != "none":
-            if not method.rebalances:
-                raise ValueError(f"method {method.name!r} does not support schedule.rebalance = "
-                                 f"{self.schedule.rebalance!r} (plain losses and frozen artifacts do)")
             weights = class_balanced_weights(self.global_class_counts())
             self.class_weights = weights.float().to(self.device)
         method.setup(self)
