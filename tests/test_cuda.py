@@ -164,14 +164,16 @@ def test_deferred_rebalancing_of_a_learned_loss_on_cuda(amp: bool) -> None:
     data = prepare_data("digits", "longtail:20+symmetric:0.4", seed=0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    schedule = Schedule(epochs=3, batch_size=100, milestones=[2], rebalance="deferred", amp=amp)
+    # a learned GCE from the first step needs ~10 epochs on this small noisy long tail
+    # (on the CPU: 0.54 after 12, 0.19 after 3)
+    schedule = Schedule(epochs=12, batch_size=100, milestones=[6], rebalance="deferred", amp=amp)
     trainer = Trainer(model, data.train, schedule, device="cuda", progress=False)
     method = FrozenLoss(loss=LearnedRobustLoss.from_pretrained("arl-gce-fmnist-sym40"))
     history = trainer.fit(method)
     assert trainer.class_weights.device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
-    assert history[-1]["test_acc"] > 0.3
-    batch = method.collate(trainer, torch.arange(32), epoch=2, iteration=0, lr=0.01, warmup=False)
+    assert history[-1]["test_acc"] > 0.4
+    batch = method.collate(trainer, torch.arange(32), epoch=6, iteration=0, lr=0.01, warmup=False)
     (term,) = method.step(trainer, batch).terms.values()
     expected = method.loss(trainer.model(batch.x).float(), batch.y) * trainer.class_weights[batch.y]
     torch.testing.assert_close(term.losses, expected)
