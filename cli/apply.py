@@ -76,19 +76,18 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
           as_json: bool, no_progress: bool, threads: int | None) -> None:
     """Train on DATA with the frozen WEIGHTER (families re-fitted on DATA's class counts),
     and with each --baseline on identical data, model, schedule and seed."""
+    from weightzoo.artifact.hub import load_pretrained
     from weightzoo.distributed import rank_and_world
     from weightzoo.pipeline import apply_weighter
+    from weightzoo.weighting.learned_loss import LearnedRobustLoss
 
     options.set_threads(threads)
     steps = default_milestones(epochs) if milestones is None else [
         int(m) for m in milestones.split(",") if m.strip()
     ]
+    artifact = load_pretrained(weighter, revision=revision)  # once: one revision of a Hub name
     if warmup_epochs is None:
-        from weightzoo.artifact.hub import load_pretrained
-        from weightzoo.weighting.learned_loss import LearnedRobustLoss
-
-        learned = isinstance(load_pretrained(weighter, revision=revision), LearnedRobustLoss)
-        warmup_epochs = default_warmup(epochs, learned_loss=learned)
+        warmup_epochs = default_warmup(epochs, learned_loss=isinstance(artifact, LearnedRobustLoss))
     schedule = Schedule(epochs=epochs, batch_size=batch_size, lr=lr, milestones=steps,
                         warmup_epochs=warmup_epochs, rebalance=rebalance, augment=augment)
     result = apply_weighter(
@@ -96,6 +95,7 @@ def apply(weighter: str, dataset: str, data_root: str | None, bias: str, model_n
         seed=seed or 0, baselines=baselines, root=data_root, device=device, resume=resume,
         overwrite=overwrite, progress=not no_progress, weights_report=weights_report, revision=revision,
         command=options.command_line(), loss=loss, regime=regime, labeled_per_class=labeled_per_class,
+        artifact=artifact,
     )
     if rank_and_world()[0] != 0:
         return

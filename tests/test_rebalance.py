@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from weightzoo.artifact import hub
 from weightzoo.cli.main import cli
 from weightzoo.data.sources import load_dataset
 from weightzoo.losses import class_balanced_weights
@@ -101,7 +102,7 @@ def test_a_frozen_weighter_is_rebalanced_after_its_weights(longtail: TrainingSet
 
 
 def test_a_learned_loss_warms_up_with_ce_only_when_asked_and_is_rebalanced(
-    longtail: TrainingSet, tmp_path: Path,
+    longtail: TrainingSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loss = LearnedRobustLoss(q=0.6)
     trainer = Trainer(mlp(), longtail, deferred(warmup_epochs=1), device="cpu", progress=False)
@@ -114,13 +115,23 @@ def test_a_learned_loss_warms_up_with_ce_only_when_asked_and_is_rebalanced(
         plain = F.cross_entropy(logits, batch.y, reduction="none") if warmup else loss(logits, batch.y)
         balance = trainer.class_weights[batch.y] if epoch >= 2 else torch.ones(16)
         assert torch.allclose(term.losses, plain * balance, atol=1e-6)
-    # `weightzoo apply` gives a learned loss no warm-up unless asked (a weighter gets 2 epochs)
+    # `weightzoo apply` gives a learned loss no warm-up unless asked (a weighter gets 2 epochs),
+    # reading the artifact once to decide (one revision of an unpinned Hub name)
+    loads, load = [], hub.load_pretrained
+
+    def counted(name, **kwargs):
+        loads.append(name)
+        return load(name, **kwargs)
+
+    monkeypatch.setattr("weightzoo.artifact.hub.load_pretrained", counted)
+    monkeypatch.setattr("weightzoo.pipeline.load_pretrained", counted)
     for entry, expected in (("arl-gce-fmnist-sym40", 0), ("mwnet-fmnist-sym40", 2)):
         out = tmp_path / entry
         result = CliRunner().invoke(cli, ["apply", entry, "--data", "digits", "--epochs", "3",
                                           "--out", str(out), "--no-progress", "--threads", "1"])
         assert result.exit_code == 0, result.output
         assert json.loads((out / "comparison.json").read_text())["schedule"]["warmup_epochs"] == expected
+    assert loads == ["arl-gce-fmnist-sym40", "mwnet-fmnist-sym40"]
 
 
 def test_methods_that_cannot_rebalance_refuse_it_before_training(longtail: TrainingSet) -> None:

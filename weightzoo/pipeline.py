@@ -22,7 +22,7 @@ from torch import nn
 
 from weightzoo import distributed
 from weightzoo.artifact.curve import load_pyplot
-from weightzoo.artifact.format import CURVE_NAME, Provenance, save_artifact
+from weightzoo.artifact.format import CURVE_NAME, Artifact, Provenance, save_artifact
 from weightzoo.artifact.hub import load_pretrained
 from weightzoo.atomic import atomic_write, write_json, write_text
 from weightzoo.bilevel.metaset import balanced_clean_indices
@@ -360,7 +360,7 @@ def apply_weighter(
     resume: bool = False, overwrite: bool = False, progress: bool = True,
     weights_report: bool = False, revision: str | None = None, command: str | None = None,
     loss: str = "auto", regime: str = "supervised", stage2_init: str = "scratch",
-    labeled_per_class: int = 4,
+    labeled_per_class: int = 4, artifact: Artifact | None = None,
 ) -> dict[str, Any]:
     """Train on a new biased dataset with the frozen weighter and with each baseline (same
     data, model, schedule and seed); returns the comparison and writes it to
@@ -377,7 +377,10 @@ def apply_weighter(
     ``regime = "fixmatch"``: semi-supervised training with ``labeled_per_class`` labelled
     samples per class; the weighter is FixMatch's mask (``fixmatch`` with the weighter) and
     the one baseline is ``fixmatch`` (its threshold mask); the comparison adds
-    ``gain_over_fixmatch``."""
+    ``gain_over_fixmatch``.
+
+    ``artifact``: ``weighter_name`` at ``revision`` already loaded by the caller (one load, so
+    one revision of an unpinned Hub name); loaded here when not given."""
     model = model or {"name": "mlp"}
     schedule = schedule or Schedule()
     if schedule.epochs < 1 or schedule.batch_size < 1:
@@ -387,7 +390,7 @@ def apply_weighter(
             f"warmup_epochs ({schedule.warmup_epochs}) must be less than epochs ({schedule.epochs}), "
             "or the weighter is never applied"
         )
-    weighter = load_pretrained(weighter_name, revision=revision)
+    weighter = artifact if artifact is not None else load_pretrained(weighter_name, revision=revision)
 
     semi = FixMatchConfig(labeled_per_class=labeled_per_class, family_seed=seed)
 
