@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent CUDA machine (see DEVELOPERS.md): the CUDA tests,
+# The GPU checks, as one script for a lent CUDA machine (benchmarks/README.md, the GPU sections, records its runs): the CUDA tests,
 # then the step-cost benchmark on the GPU in fp32 and bf16. Runs from the repository root
 # with the machine's own python3 / torch (nothing installed); writes logs and JSON to
 # ${OUT:-runs/device}. Each part has its own time limit, so one failing part leaves the others.
