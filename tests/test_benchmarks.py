@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
 
 
@@ -148,3 +150,44 @@ def test_transfer_matrix_refuses_a_reused_run_applied_otherwise(tmp_path: Path) 
         check_reused_runs({"x+drw": [deferred, plain]}, [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(SystemExit, match="a/x: ran with rebalance = 'deferred'"):
         check_reused_runs({"x": [deferred]}, [tmp_path / "a"])
+
+
+def _cell(pick: str, pick_values: list[float], best: dict[str, list[float]], ce: list[float]) -> dict:
+    rows = {name: {"mean": sum(v) / len(v), "n": len(v), "values": v}
+            for name, v in {pick: pick_values, "ce": ce, **best}.items()}
+    return {"rows": rows}
+
+
+def test_rule_verdict_pairs_seeds_against_each_cells_best_robust_loss() -> None:
+    from benchmarks.rule_verdict import merged_cells, paired, verdict
+
+    d = paired([0.90, 0.92, 0.94], [0.91, 0.91, 0.95])  # differences -1, +1, -1 points
+    assert abs(d["mean"] + 1 / 3) < 1e-9 and d["n"] == 3
+    assert abs(d["se"] - (4 / 3) ** 0.5 / 3 ** 0.5) < 1e-9
+    with pytest.raises(ValueError, match="paired"):
+        paired([0.9, 0.9], [0.9, 0.9, 0.9])
+
+    # symmetric: a small, consistent deficit -> level at margin 0.5, behind at margin 0
+    sym = {f"{t} sym40": _cell("arl-gce-fmnist-multi", [0.900, 0.910, 0.920],
+                               {"gce": [0.902, 0.912, 0.921], "sce": [0.8, 0.8, 0.8],
+                                "class-balanced": [0.7, 0.7, 0.7]}, [0.8, 0.8, 0.8])
+           for t in ("a", "b")}
+    # long tail (+drw pick): far behind the best robust loss in one cell, ahead of CE
+    lt = {"a lt50": _cell("cmwnet-fmnist-longtail+drw", [0.80, 0.81, 0.82],
+                          {"gce": [0.5, 0.5, 0.5], "sce": [0.6, 0.6, 0.6],
+                           "class-balanced": [0.85, 0.86, 0.87]}, [0.79, 0.80, 0.81])}
+    result = verdict({**sym, **lt}, margin=0.5)
+    s = result["types"]["symmetric"]
+    assert s["status"] == "level" and s["matched"] and s["cells"]["a sym40"]["best_robust"] == "gce"
+    assert abs(s["gain"] + 1 / 6) < 1e-6 and s["ci95"][0] < 0 < s["ci95"][0] + 0.5
+    assert verdict({**sym, **lt}, margin=0.0)["types"]["symmetric"]["status"] == "behind"
+    lt_type = result["types"]["longtail"]
+    assert lt_type["status"] == "behind" and lt_type["beats_ce_in"] == 1 and abs(lt_type["gain"] + 5) < 1e-6
+    assert result["types_matched"] == 1 and result["cells_beating_ce"] == 3 and result["cells"] == 3
+
+    # merging: rows of files with the same seeds join; a file with more seeds replaces the cell
+    three = {"summary": {"a sym40": _cell("x", [0.1, 0.2, 0.3], {}, [0.1, 0.1, 0.1])}}
+    same = {"summary": {"a sym40": _cell("y", [0.4, 0.5, 0.6], {}, [0.1, 0.1, 0.1])}}
+    ten = {"summary": {"a sym40": _cell("z", [0.5] * 10, {}, [0.2] * 10)}}
+    assert set(merged_cells([three, same])["a sym40"]["rows"]) == {"x", "y", "ce"}
+    assert set(merged_cells([three, ten, same])["a sym40"]["rows"]) == {"z", "ce"}
