@@ -217,16 +217,18 @@ def record_in_zoo(result: dict) -> None:
         directory = hub.builtin_root() / name.removesuffix(DRW)
         artifact = load_artifact(directory)
         meta = Provenance.from_metadata(artifact.config.metadata)
-        cells = dict(meta.transfer.get("cells", {}))
+        earlier = len(meta.transfer.get("seeds", []))  # records before cells carried their seeds
+        cells = {cell: {"seeds": earlier, **row} for cell, row in meta.transfer.get("cells", {}).items()}
         for cell, row in result["summary"].items():
             best, best_drw = row["best_robust_baseline"], row.get("best_drw_baseline")
             deferred = name.endswith(DRW)  # its cell also names the best baseline trained so
             cells[cell + (f" {DEFERRED}" if deferred else "")] = {
                 "acc": row["rows"][name]["mean"], "ce": row["rows"]["ce"]["mean"],
                 "best_robust": best, "best_robust_acc": row["rows"][best]["mean"], "devices": row["devices"],
+                "seeds": len(result["seeds"]),
                 **({"best_drw": best_drw, "best_drw_acc": row["rows"][best_drw]["mean"]} if deferred else {})}
         meta.transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": result["machine"]["date_utc"],
-                         "seeds": result["seeds"], "cells": cells}
+                         "cells": cells}
         artifact.config.metadata = meta.to_metadata()
         metrics = (directory / "metrics.json").read_bytes()
         save_artifact(artifact, directory)

@@ -134,15 +134,16 @@ def recommend(bias: str, as_json: bool) -> None:
         how = ("call crit.rebalance() there" if pick.kind == "weighter" else
                "multiply its per-sample loss by weightzoo.class_balanced_weights(your counts)[y] from there")
         click.echo(f"  with deferred re-balancing from your first lr drop: {how}")
-    click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over seeds"
+    click.echo(f"measured frozen on {len(pick.cells)} unseen targets (test acc %, mean over each cell's seeds"
                + ("; CE and the robust loss trained without re-balancing, drw-*: with it" if deferred else "")
                + "):")
     for c in pick.cells:
         over_ce, over_robust = 100 * (c.acc - c.ce), 100 * (c.acc - c.best_robust_acc)
         drw = "" if c.best_drw is None else f"   {c.best_drw} {100 * c.best_drw_acc:6.2f} " \
             f"({100 * (c.acc - c.best_drw_acc):+.2f})"
-        click.echo(f"  {c.cell:33} {100 * c.acc:6.2f}   CE {100 * c.ce:6.2f} ({over_ce:+.2f})   "
-                   f"{c.best_robust} {100 * c.best_robust_acc:6.2f} ({over_robust:+.2f}){drw}")
+        click.echo(f"  {c.cell:33} {c.seeds:2} seeds {100 * c.acc:6.2f}   CE {100 * c.ce:6.2f} "
+                   f"({over_ce:+.2f})   {c.best_robust} {100 * c.best_robust_acc:6.2f} "
+                   f"({over_robust:+.2f}){drw}")
     click.echo(f"beats CE in {pick.beats_ce} of {len(pick.cells)}; matches or beats the best robust loss "
                f"in {pick.ahead_of_robust} of {len(pick.cells)}")
     if loss := pick.stronger_robust_loss:

@@ -72,20 +72,25 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     before = load_artifact(tmp_path / name)
     metrics = (tmp_path / name / "metrics.json").read_bytes()
 
-    def result(cell: str, acc: float) -> dict:
+    def result(cell: str, acc: float, seeds: int = 1) -> dict:
         stat = {"mean": acc, "std": 0.0}
         rows = {"ce": {"mean": 0.80}, "gce": {"mean": 0.90}, name: stat}
-        return {"weighters": [name], "seeds": [0], "machine": {"date_utc": "2026-11-26 10:00"},
+        return {"weighters": [name], "seeds": list(range(seeds)), "machine": {"date_utc": "2026-11-26 10:00"},
                 "summary": {cell: {"rows": rows, "best_robust_baseline": "gce", "devices": ["cpu"]}}}
 
+    old = before.config.metadata.get("transfer", {})
     transfer_matrix.record_in_zoo(result("new-target sym40", 0.85))
-    transfer_matrix.record_in_zoo(result("other-target lt50", 0.70))
+    transfer_matrix.record_in_zoo(result("other-target lt50", 0.70, seeds=10))
     after = load_artifact(tmp_path / name)
     cells = after.config.metadata["transfer"]["cells"]
     assert cells["new-target sym40"]["acc"] == 0.85 and cells["other-target lt50"]["ce"] == 0.80
-    assert set(before.config.metadata.get("transfer", {}).get("cells", {})) <= set(cells)
+    assert set(old.get("cells", {})) <= set(cells)
+    # each cell keeps the number of seeds it was measured with (earlier cells: the old record's)
+    assert cells["new-target sym40"]["seeds"] == 1 and cells["other-target lt50"]["seeds"] == 10
+    assert all(cells[c]["seeds"] == len(old["seeds"]) for c in old.get("cells", {}))
     card = (tmp_path / name / "README.md").read_text()
-    assert "| new-target sym40 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 |" in card
+    assert "| new-target sym40 | 1 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 |" in card
+    assert "| other-target lt50 | 10 | 70.00 |" in card
     assert (tmp_path / name / "metrics.json").read_bytes() == metrics
     for key, value in before.state_dict().items():
         assert torch.equal(value, after.state_dict()[key])
@@ -102,8 +107,8 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     assert cells["new-target lt50 deferred"]["best_drw"] == "drw-sce"
     assert cells["new-target lt50"]["acc"] == 0.70 and "best_drw" not in cells["new-target lt50"]
     card = (tmp_path / name / "README.md").read_text()
-    assert "| new-target lt50 deferred | 75.00 | 80.00 | gce 90.00 | -5.00 | -15.00 | drw-sce 72.00 |" in card
-    assert "| new-target sym40 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 | |" in card
+    assert "| new-target lt50 deferred | 1 | 75.00 | 80.00 | gce 90.00 | -5.00 | -15.00 | drw-sce 72.00 |" in card
+    assert "| new-target sym40 | 1 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 | |" in card
 
 
 def test_transfer_matrix_takes_shipped_names_and_weighter_directories(tmp_path: Path) -> None:

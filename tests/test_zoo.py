@@ -112,6 +112,7 @@ def test_recommend_picks_a_shipped_entry_with_its_measured_cells(bias: str) -> N
     assert all((c.best_drw is not None) == (pick.rebalance == "deferred") for c in pick.cells)
     for cell in pick.cells:
         assert cell.acc == recorded[cell.cell]["acc"] and cell.ce == recorded[cell.cell]["ce"]
+        assert cell.seeds >= 3  # every cell of the matrix has at least 3 paired seeds
     assert pick.beats_ce == sum(c.acc > c.ce for c in pick.cells)
     shown = CliRunner().invoke(cli, ["recommend", bias, "--json"])
     assert shown.exit_code == 0, shown.output

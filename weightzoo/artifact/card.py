@@ -105,19 +105,27 @@ def _robust_loss_sections(loss: LearnedRobustLoss) -> list[str]:
     ]
 
 
+def cell_seeds(transfer: dict[str, Any], row: dict[str, Any]) -> int:
+    """How many seeds a transfer cell's means are over (a record written before cells carried
+    their own count gives it once, for all its cells)."""
+    return row.get("seeds", len(transfer.get("seeds", [])))
+
+
 def _transfer_table(transfer: dict[str, Any]) -> str:
     """The transfer record as a markdown table: where the entry helped and where it did not."""
     drw = any("best_drw" in row for row in transfer["cells"].values())
-    lines = [f"From `{transfer['benchmark']}` ({transfer['date']}, seeds {transfer['seeds']}; test "
-             "accuracy %, mean over seeds; `weightzoo apply` defaults"
+    lines = [f"From `{transfer['benchmark']}` (last run {transfer['date']}; test accuracy %, mean over "
+             "the row's seeds, paired: every method of a row ran on the same seeds' data; "
+             "`weightzoo apply` defaults"
              + ("; cells marked `deferred` ran this entry with `--rebalance deferred`: CE and the "
                 "best robust loss are still the plain baselines, the last column the best of those "
                 "trained with it too (`drw-*`)" if drw else "") + "):", "",
-             "| target, bias | this entry | CE | best robust loss | vs CE | vs best robust |"
+             "| target, bias | seeds | this entry | CE | best robust loss | vs CE | vs best robust |"
              + (" best DRW baseline |" if drw else ""),
-             "|---|---:|---:|---|---:|---:|" + ("---|" if drw else "")]
+             "|---|---:|---:|---:|---|---:|---:|" + ("---|" if drw else "")]
     for cell, row in transfer["cells"].items():
-        line = (f"| {cell} | {100 * row['acc']:.2f} | {100 * row['ce']:.2f} | {row['best_robust']} "
+        line = (f"| {cell} | {cell_seeds(transfer, row)} | {100 * row['acc']:.2f} | {100 * row['ce']:.2f} | "
+                f"{row['best_robust']} "
                 f"{100 * row['best_robust_acc']:.2f} | {100 * (row['acc'] - row['ce']):+.2f} | "
                 f"{100 * (row['acc'] - row['best_robust_acc']):+.2f} |")
         if drw:

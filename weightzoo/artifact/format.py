@@ -65,8 +65,8 @@ class Provenance:
     families: the source data's task families (centres, family of each class).
     metrics: final metrics of the training run; baseline: CE on identical data.
     transfer: measured frozen use on other data (``benchmarks/transfer_matrix.py``): the
-        benchmark, date, seeds and per cell (target, bias) this entry's test accuracy next
-        to CE's and the best robust loss's (means over seeds); rendered in the card.
+        benchmark, date and per cell (target, bias) this entry's test accuracy next to CE's
+        and the best robust loss's (means over the cell's ``seeds``); rendered in the card.
     """
 
     name: str = ""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from weightzoo.artifact import hub
+from weightzoo.artifact.card import cell_seeds
 from weightzoo.artifact.format import Provenance, read_config
 
 RULE_VERSION = "v0.8"
@@ -43,6 +44,7 @@ class MeasuredCell:
     # measured with deferred re-balancing
     best_drw: str | None = None
     best_drw_acc: float | None = None
+    seeds: int = 0  # how many seeds the means are over
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,12 @@ def recommend(bias: str) -> Recommendation:
         raise ValueError(f"unknown bias {bias!r}; declare one of {', '.join(RULE)}")
     matrix_bias, entry, rebalance = RULE[bias]
     config = read_config(hub.builtin_root() / entry)
-    recorded = Provenance.from_metadata(config.metadata).transfer.get("cells", {})
+    transfer = Provenance.from_metadata(config.metadata).transfer
     measured_as = matrix_bias + (f" {DEFERRED}" if rebalance == "deferred" else "")
     cells = tuple(
         MeasuredCell(cell, row["acc"], row["ce"], row["best_robust"], row["best_robust_acc"],
-                     row.get("best_drw"), row.get("best_drw_acc"))
-        for cell, row in sorted(recorded.items()) if cell.split(" ", 1)[1] == measured_as
+                     row.get("best_drw"), row.get("best_drw_acc"), cell_seeds(transfer, row))
+        for cell, row in sorted(transfer.get("cells", {}).items()) if cell.split(" ", 1)[1] == measured_as
     )
     kind = "learned loss" if config.kind == "robust-loss" else "weighter"
     return Recommendation(bias, entry, kind, RULE_VERSION, rebalance, cells)
