@@ -107,7 +107,8 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     assert cells["new-target lt50 deferred"]["best_drw"] == "drw-sce"
     assert cells["new-target lt50"]["acc"] == 0.70 and "best_drw" not in cells["new-target lt50"]
     card = (tmp_path / name / "README.md").read_text()
-    assert "| new-target lt50 deferred | 1 | 75.00 | 80.00 | gce 90.00 | -5.00 | -15.00 | drw-sce 72.00 |" in card
+    assert ("| new-target lt50 deferred | 1 | 75.00 | 80.00 | gce 90.00 | -5.00 | -15.00 | drw-sce 72.00 |"
+            in card)
     assert "| new-target sym40 | 1 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 | |" in card
 
 
@@ -196,3 +197,24 @@ def test_rule_verdict_pairs_seeds_against_each_cells_best_robust_loss() -> None:
     ten = {"summary": {"a sym40": _cell("z", [0.5] * 10, {}, [0.2] * 10)}}
     assert set(merged_cells([three, same])["a sym40"]["rows"]) == {"x", "y", "ce"}
     assert set(merged_cells([three, ten, same])["a sym40"]["rows"]) == {"z", "ce"}
+
+
+def test_gce_q_sweeps_q_per_target_and_writes_its_table(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import gce_q
+
+    trained = []
+
+    def fake_cell(runs: Path, target: str, q: float, seed: int) -> float:
+        trained.append((target, q, seed))
+        return q / 2 + seed / 100
+
+    monkeypatch.setattr(gce_q, "run_cell", fake_cell)
+    argv = ["gce_q", "--targets", "digits-mlp", "--q", "0.5", "0.7", "--seeds", "0", "2",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]
+    monkeypatch.setattr(sys, "argv", argv)
+    gce_q.main()
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert trained == [("digits-mlp", q, s) for q in (0.5, 0.7) for s in (0, 2)]
+    assert abs(result["cells"]["digits-mlp"]["0.7"]["mean"] - 0.36) < 1e-9
+    assert result["bias"] == "symmetric:0.4"
+    assert "| digits-mlp | 26.00 ± 1.41 | 36.00 ± 1.41 |" in (tmp_path / "r.md").read_text()
