@@ -224,12 +224,16 @@ def test_model_card(saved: Path) -> None:
 def test_model_card_states_measured_transfer(tmp_path: Path) -> None:
     transfer = {"benchmark": "benchmarks/transfer_matrix.py", "date": "2026-11-26 09:00", "seeds": [0, 1, 2],
                 "cells": {"digits-mlp sym40": {"acc": 0.90, "ce": 0.85, "best_robust": "gce",
-                                               "best_robust_acc": 0.95, "device": "cpu"}}}
+                                               "best_robust_acc": 0.95, "device": "cpu"},
+                          "digits-cnn sym40": {"acc": 0.96, "ce": 0.91, "best_robust": "gce",
+                                               "best_robust_acc": 0.97, "device": "cpu", "seeds": 10}}}
     weighter = CMWNet(metadata={**METADATA, "transfer": transfer})
     directory = save_artifact(weighter, tmp_path / "w", curve=False)
     text = ModelCard.load(directory / CARD_NAME).text
     assert "## Measured transfer" in text
-    assert "| digits-mlp sym40 | 90.00 | 85.00 | gce 95.00 | +5.00 | -5.00 |" in text
+    # a cell's own seed count, else the record's (written before cells carried one)
+    assert "| digits-mlp sym40 | 3 | 90.00 | 85.00 | gce 95.00 | +5.00 | -5.00 |" in text
+    assert "| digits-cnn sym40 | 10 | 96.00 | 91.00 | gce 97.00 | +5.00 | -1.00 |" in text
     assert load_artifact(directory).config.metadata["transfer"] == transfer
     assert "Measured transfer" not in ModelCard.load(save_artifact(
         _weighter(), tmp_path / "plain", curve=False) / CARD_NAME).text

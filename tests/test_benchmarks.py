@@ -64,6 +64,7 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
 
     from benchmarks import transfer_matrix
     from weightzoo.artifact import hub
+    from weightzoo.artifact.card import cell_seeds
     from weightzoo.artifact.format import load_artifact
 
     name = "mwnet-fmnist-sym40"
@@ -87,7 +88,7 @@ def test_transfer_record_in_zoo_merges_cells_and_keeps_the_entry(tmp_path: Path,
     assert set(old.get("cells", {})) <= set(cells)
     # each cell keeps the number of seeds it was measured with (earlier cells: the old record's)
     assert cells["new-target sym40"]["seeds"] == 1 and cells["other-target lt50"]["seeds"] == 10
-    assert all(cells[c]["seeds"] == len(old["seeds"]) for c in old.get("cells", {}))
+    assert all(cells[c]["seeds"] == cell_seeds(old, row) for c, row in old.get("cells", {}).items())
     card = (tmp_path / name / "README.md").read_text()
     assert "| new-target sym40 | 1 | 85.00 | 80.00 | gce 90.00 | +5.00 | -5.00 |" in card
     assert "| other-target lt50 | 10 | 70.00 |" in card
