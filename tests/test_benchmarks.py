@@ -192,12 +192,16 @@ def test_rule_verdict_pairs_seeds_against_each_cells_best_robust_loss() -> None:
     assert lt_type["status"] == "behind" and lt_type["beats_ce_in"] == 1 and abs(lt_type["gain"] + 5) < 1e-6
     assert result["types_matched"] == 1 and result["cells_beating_ce"] == 3 and result["cells"] == 3
 
-    # merging: rows of files with the same seeds join; a file with more seeds replaces the cell
-    three = {"summary": {"a sym40": _cell("x", [0.1, 0.2, 0.3], {}, [0.1, 0.1, 0.1])}}
-    same = {"summary": {"a sym40": _cell("y", [0.4, 0.5, 0.6], {}, [0.1, 0.1, 0.1])}}
-    ten = {"summary": {"a sym40": _cell("z", [0.5] * 10, {}, [0.2] * 10)}}
+    # merging: rows of files run on the same seeds join; a file with more seeds gives the
+    # cell; the same number of other seeds cannot pair
+    three = {"seeds": [0, 1, 2], "summary": {"a sym40": _cell("x", [0.1, 0.2, 0.3], {}, [0.1] * 3)}}
+    same = {"seeds": [0, 1, 2], "summary": {"a sym40": _cell("y", [0.4, 0.5, 0.6], {}, [0.1] * 3)}}
+    ten = {"seeds": list(range(10)), "summary": {"a sym40": _cell("z", [0.5] * 10, {}, [0.2] * 10)}}
+    other = {"seeds": [3, 4, 5], "summary": {"a sym40": _cell("w", [0.4, 0.5, 0.6], {}, [0.1] * 3)}}
     assert set(merged_cells([three, same])["a sym40"]["rows"]) == {"x", "y", "ce"}
     assert set(merged_cells([three, ten, same])["a sym40"]["rows"]) == {"z", "ce"}
+    with pytest.raises(ValueError, match="do not pair"):
+        merged_cells([three, other])
 
 
 def test_gce_q_sweeps_q_per_target_and_writes_its_table(tmp_path: Path, monkeypatch) -> None:
