@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_results
+from benchmarks.transfer_matrix import DRW, ROBUST
 from weightzoo.artifact.recommend import RULE
 
-ROBUST = ("gce", "sce", "class-balanced")
 Z95 = 1.959964
 
 
@@ -69,7 +69,7 @@ def verdict(cells: dict[str, dict[str, Any]], margin: float) -> dict[str, Any]:
     gain with its interval, and whether the type is ahead, level or behind."""
     types = {}
     for declared, (bias, entry, rebalance) in RULE.items():
-        pick = entry + ("+drw" if rebalance == "deferred" else "")
+        pick = entry + (DRW if rebalance == "deferred" else "")
         rows = {cell: row for cell, row in cells.items() if cell.split()[1] == bias and pick in row["rows"]}
         if not rows:
             continue

@@ -39,6 +39,7 @@ from benchmarks.common import (
 from weightzoo.artifact import hub
 from weightzoo.artifact.format import read_config
 from weightzoo.artifact.recommend import DEFERRED, RULE, RULE_VERSION
+from weightzoo.methods.plain import UNREBALANCED_LOSSES
 
 WEIGHTERS = ["mwnet-fmnist-sym40", "cmwnet-fmnist-asym40", "mwnet-fmnist-longtail",
              "cmwnet-fmnist-longtail-noise", "cmwnet-fmnist-mixed", "cmwnet-sl-fmnist-sym40",
@@ -95,7 +96,7 @@ def weighter_name(value: str) -> tuple[str, str]:
     if value.endswith(DRW):
         name, source = weighter_name(value.removesuffix(DRW))
         base_loss = getattr(read_config(hub.resolve(source)), "base_loss", None)
-        if base_loss in ("class-balanced", "sl"):
+        if base_loss in UNREBALANCED_LOSSES:
             raise argparse.ArgumentTypeError(f"{name} weights the {base_loss!r} loss, which takes no "
                                              "deferred re-balancing: drop its +drw")
         return name + DRW, source

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent CUDA machine (benchmarks/README.md, the GPU sections, records its runs): the CUDA tests,
-# then the step-cost benchmark on the GPU in fp32 and bf16. Runs from the repository root
-# with the machine's own python3 / torch (nothing installed); writes logs and JSON to
+# The GPU checks, as one script for a lent CUDA machine (its runs are recorded in the GPU
+# sections of benchmarks/README.md): the CUDA tests, then the step-cost benchmark on the GPU
+# in fp32 and bf16. Runs from the repository root with the machine's own python3 / torch
+# (nothing installed); writes logs and JSON to
 # ${OUT:-runs/device}. Each part has its own time limit, so one failing part leaves the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -89,9 +89,13 @@ class PlainLoss(Method):
         return StepOutput({self.loss: LossTerm(trainer.rebalanced(losses, batch))})
 
 
+# losses that take no deferred re-balancing: one balances the classes itself, the other mixes labels
+UNREBALANCED_LOSSES = ("class-balanced", "sl")
+
+
 def refuse_double_balance(loss: str, schedule: Schedule) -> None:
     """A loss that balances classes itself (or mixes labels) takes no deferred re-balancing."""
-    if schedule.rebalance != "none" and loss in ("class-balanced", "sl"):
+    if schedule.rebalance != "none" and loss in UNREBALANCED_LOSSES:
         raise ValueError(f"schedule.rebalance = {schedule.rebalance!r} with the {loss!r} loss: "
                          + ("it balances the classes already" if loss == "class-balanced"
                             else "its mixed-up labels have no one class to weight by"))
